@@ -1,0 +1,1 @@
+//! The FUSE filesystem: kernel requests in, SFTP calls out.

@@ -1,0 +1,17 @@
+//! docker-volume-sshfs: a Docker volume plugin (and a standalone `mount` command) that serves a
+//! remote directory over one SSH connection as a FUSE filesystem.
+//!
+//! Data flows one way: `protocol` (Docker's HTTP calls) -> `driver` (volume semantics) ->
+//! `state` (sled) and `mount` (FUSE lifecycle) -> `fs` (FUSE operations) -> `sftp` (remote calls)
+//! -> `ssh` (the connection itself). `options` is shared by the plugin and the command line.
+
+pub mod driver;
+pub mod fs;
+pub mod hostkey;
+pub mod mount;
+pub mod options;
+pub mod protocol;
+pub mod secret;
+pub mod sftp;
+pub mod ssh;
+pub mod state;

@@ -1,0 +1,718 @@
+//! Mount options: one parser for `docker volume create -o ...` and `docker-volume-sshfs mount -o ...`.
+//!
+//! The names follow vieux/docker-volume-sshfs and sshfs(1) so existing compose files keep working.
+//! Every option is either honoured or accepted as a documented no-op; anything else is an error
+//! that lists what is supported.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+/// Where the files live: `[user@]host[:path]`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Remote {
+    /// Login name; `None` means the local user's name (as ssh does) or `root` in the plugin.
+    pub user: Option<String>,
+    /// Host name or address, IPv6 without brackets.
+    pub host: String,
+    /// Remote directory. Empty means the login's home directory; a relative path is relative to it.
+    pub path: String,
+}
+
+impl Remote {
+    /// Parses `user@host:/path`, `host:path`, `user@host`, `[::1]:/path`, `user@[fe80::1]`.
+    /// The user part may itself contain `@` (`me@corp.com@host`): the last `@` before the host wins.
+    pub fn parse(s: &str) -> Result<Remote, OptionError> {
+        let bad = |why: &str| OptionError::BadRemote {
+            given: s.to_string(),
+            why: why.to_string(),
+        };
+        if s.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if s.contains('\0') || s.contains('\n') {
+            return Err(bad("it contains a NUL or newline character"));
+        }
+        // The host starts after the last '@' that precedes any '[' or ':'.
+        let host_area_end = s.find(['[', ':']).unwrap_or(s.len());
+        let (user, rest) = match s[..host_area_end].rfind('@') {
+            Some(at) => (Some(&s[..at]), &s[at + 1..]),
+            None => (None, s),
+        };
+        if let Some(u) = user
+            && u.is_empty()
+        {
+            return Err(bad("the user name before '@' is empty"));
+        }
+        let (host, path) = if let Some(after) = rest.strip_prefix('[') {
+            let close = after
+                .find(']')
+                .ok_or_else(|| bad("an IPv6 address opened with '[' has no closing ']'"))?;
+            let host = &after[..close];
+            let tail = &after[close + 1..];
+            let path = match tail.strip_prefix(':') {
+                Some(p) => p,
+                None if tail.is_empty() => "",
+                None => return Err(bad("expected ':' after the closing ']'")),
+            };
+            (host, path)
+        } else {
+            match rest.find(':') {
+                Some(colon) => (&rest[..colon], &rest[colon + 1..]),
+                None => (rest, ""),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("the host name is empty"));
+        }
+        if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+            return Err(bad("the host name contains a space, '/' or '@'"));
+        }
+        Ok(Remote {
+            user: user.map(str::to_string),
+            host: host.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// The login name used to connect.
+    pub fn login(&self, default_user: &str) -> String {
+        self.user.clone().unwrap_or_else(|| default_user.to_string())
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        write!(f, ":{}", self.path)
+    }
+}
+
+/// `StrictHostKeyChecking`, as in ssh_config(5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StrictHostKeyChecking {
+    /// Only keys already known (pinned or in known_hosts) are accepted.
+    Yes,
+    /// The first key seen is pinned; a different key later is refused. The default.
+    AcceptNew,
+    /// Any key is accepted (logged). For throwaway test servers only.
+    No,
+}
+
+/// Everything needed to connect and mount, after validation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MountOptions {
+    pub remote: Remote,
+    pub port: u16,
+    pub password: Option<Secret>,
+    /// A file holding the password (first line), e.g. under the plugin's sshkey mount.
+    pub password_file: Option<PathBuf>,
+    pub identity_files: Vec<PathBuf>,
+    pub passphrase: Option<Secret>,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    /// Present every file as owned by this uid/gid (sshfs's `uid=`/`gid=`).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Bits cleared from every presented mode (sshfs's `umask=`).
+    pub umask: Option<u32>,
+    pub read_only: bool,
+    /// Ciphers in order of preference; empty means ours (fastest first).
+    pub ciphers: Vec<String>,
+    pub compression: bool,
+    pub server_alive_interval: Duration,
+    pub server_alive_count_max: u32,
+    pub strict_host_key_checking: StrictHostKeyChecking,
+    /// An explicit `SHA256:...` fingerprint the server must present.
+    pub hostkey: Option<String>,
+    pub known_hosts_file: Option<PathBuf>,
+    /// `follow_symlinks`: present symlinks as what they point to.
+    pub follow_symlinks: bool,
+    /// Attribute/entry/directory caches on (`cache=yes`, the default) or off.
+    pub cache: bool,
+    pub cache_timeout: Duration,
+    /// How long an operation waits for a lost connection to come back before it fails with EIO.
+    pub reconnect_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Copy-up and `chown` of files the login may not give away: fail (`strict_chown`) or ignore.
+    pub strict_chown: bool,
+}
+
+/// Defaults that differ between the plugin and the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// `docker volume create -o ...`: `sshcmd` is an option, `allow_other` is on by default.
+    Plugin,
+    /// `docker-volume-sshfs mount`: the remote is a positional argument.
+    Command,
+}
+
+/// What went wrong with the options. Each message says what to change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionError {
+    #[error("missing option sshcmd: give the remote directory as -o sshcmd=user@host:/path")]
+    MissingSshcmd,
+    #[error("invalid remote '{given}': {why}; expected user@host:/path (IPv6 as user@[::1]:/path)")]
+    BadRemote { given: String, why: String },
+    #[error("invalid value '{value}' for option {name}: {expected}")]
+    BadValue {
+        name: String,
+        value: String,
+        expected: String,
+    },
+    #[error("option {name} needs a value: {expected}")]
+    MissingValue { name: String, expected: String },
+    #[error("unknown option '{name}'. Supported options: {}", SUPPORTED.join(", "))]
+    Unknown { name: String },
+    #[error("options {0} and {1} cannot be used together")]
+    Conflict(String, String),
+}
+
+/// Every option name we accept, for error messages and the README.
+pub const SUPPORTED: &[&str] = &[
+    "sshcmd",
+    "port",
+    "password",
+    "password_file",
+    "password_stdin",
+    "IdentityFile",
+    "passphrase",
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "uid",
+    "gid",
+    "umask",
+    "ro",
+    "rw",
+    "Ciphers",
+    "Compression",
+    "ServerAliveInterval",
+    "ServerAliveCountMax",
+    "StrictHostKeyChecking",
+    "UserKnownHostsFile",
+    "hostkey",
+    "ConnectTimeout",
+    "reconnect_timeout",
+    "follow_symlinks",
+    "cache",
+    "cache_timeout",
+    "strict_chown",
+    "reconnect",
+    "workaround",
+    "idmap",
+    "transform_symlinks",
+    "delay_connect",
+    "no_check_root",
+    "nonempty",
+    "big_writes",
+    "large_read",
+    "kernel_cache",
+    "auto_cache",
+    "direct_io",
+    "noatime",
+    "atime",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "debug",
+    "sshfs_debug",
+    "LogLevel",
+    "BatchMode",
+    "PasswordAuthentication",
+    "PreferredAuthentications",
+    "IdentitiesOnly",
+    "ssh_command",
+    "sftp_server",
+];
+
+/// Options that sshfs users carry over and that need nothing from us: this implementation
+/// already behaves the way the option asks (or the option only tuned the `ssh` binary we do not use).
+const ACCEPTED_NO_OPS: &[&str] = &[
+    "reconnect",          // we always reconnect
+    "workaround",         // rename overwrites via posix-rename; no server quirks to work around
+    "transform_symlinks", // symlink targets are passed through unchanged
+    "delay_connect",      // the plugin connects on Mount anyway
+    "no_check_root",
+    "nonempty",
+    "big_writes", // always on
+    "large_read",
+    "kernel_cache",
+    "auto_cache",
+    "direct_io",
+    "noatime",
+    "atime",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "debug", // use DEBUG=1 / RUST_LOG instead
+    "sshfs_debug",
+    "LogLevel",
+    "BatchMode", // we never prompt
+    "PasswordAuthentication",
+    "PreferredAuthentications",
+    "IdentitiesOnly",
+    "allow_root",
+];
+
+/// One `name[=value]` item as given by the user; `value` is `None` for a bare flag.
+pub type RawOptions = Vec<(String, Option<String>)>;
+
+/// Splits `-o a=b,c,d=e` into items. A comma inside a value can be escaped as `\,` (sshfs style).
+pub fn split_cli_options(s: &str) -> RawOptions {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&',') => {
+                cur.push(',');
+                chars.next();
+            }
+            ',' => {
+                push_item(&mut out, &cur);
+                cur.clear();
+            }
+            _ => cur.push(c),
+        }
+    }
+    push_item(&mut out, &cur);
+    out
+}
+
+fn push_item(out: &mut RawOptions, item: &str) {
+    if item.is_empty() {
+        return;
+    }
+    match item.split_once('=') {
+        Some((k, v)) => out.push((k.to_string(), Some(v.to_string()))),
+        None => out.push((item.to_string(), None)),
+    }
+}
+
+/// Docker sends `-o allow_other` as `{"allow_other": ""}`: an empty value means a bare flag.
+pub fn from_docker_opts(opts: &BTreeMap<String, String>) -> RawOptions {
+    opts.iter()
+        .map(|(k, v)| (k.clone(), (!v.is_empty()).then(|| v.clone())))
+        .collect()
+}
+
+/// The canonical name of an option, matched case-insensitively like ssh_config(5) keywords.
+fn canonical(name: &str) -> Option<&'static str> {
+    SUPPORTED
+        .iter()
+        .copied()
+        .find(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// Validates options. `remote` is the positional remote of the command line (the plugin passes
+/// `None` and takes `sshcmd` from the options). Reading `password_stdin` is the caller's job:
+/// it is reported through `wants_password_stdin` so the parser stays pure.
+pub fn parse(
+    raw: &RawOptions,
+    remote: Option<&str>,
+    ctx: Context,
+) -> Result<ParsedOptions, OptionError> {
+    let mut o = MountOptions {
+        remote: Remote {
+            user: None,
+            host: String::new(),
+            path: String::new(),
+        },
+        port: 22,
+        password: None,
+        password_file: None,
+        identity_files: Vec::new(),
+        passphrase: None,
+        allow_other: ctx == Context::Plugin,
+        default_permissions: false,
+        uid: None,
+        gid: None,
+        umask: None,
+        read_only: false,
+        ciphers: Vec::new(),
+        compression: false,
+        server_alive_interval: Duration::from_secs(15),
+        server_alive_count_max: 3,
+        strict_host_key_checking: StrictHostKeyChecking::AcceptNew,
+        hostkey: None,
+        known_hosts_file: None,
+        follow_symlinks: false,
+        cache: true,
+        cache_timeout: Duration::from_secs(1),
+        reconnect_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(15),
+        strict_chown: false,
+    };
+    let mut sshcmd: Option<String> = remote.map(str::to_string);
+    let mut password_stdin = false;
+
+    for (name, value) in raw {
+        let Some(key) = canonical(name.trim()) else {
+            return Err(OptionError::Unknown {
+                name: name.clone(),
+            });
+        };
+        let v = value.as_deref();
+        match key {
+            "sshcmd" => {
+                if ctx == Context::Command {
+                    return Err(OptionError::Conflict(
+                        "sshcmd".into(),
+                        "the positional user@host:/path argument".into(),
+                    ));
+                }
+                sshcmd = Some(need(key, v, "user@host:/path")?.to_string());
+            }
+            "port" => o.port = parse_port(need(key, v, "a TCP port from 1 to 65535")?)?,
+            "password" => o.password = Some(Secret::new(need(key, v, "the SSH password")?)),
+            "password_file" => {
+                o.password_file = Some(PathBuf::from(need(key, v, "a path to a file")?))
+            }
+            "password_stdin" => password_stdin = flag(key, v)?,
+            "IdentityFile" => o
+                .identity_files
+                .push(PathBuf::from(need(key, v, "a path to a private key")?)),
+            "passphrase" => {
+                o.passphrase = Some(Secret::new(need(key, v, "the private key's passphrase")?))
+            }
+            "allow_other" => o.allow_other = flag(key, v)?,
+            "default_permissions" => o.default_permissions = flag(key, v)?,
+            "uid" => o.uid = Some(parse_num(key, need(key, v, "a numeric user id")?)?),
+            "gid" => o.gid = Some(parse_num(key, need(key, v, "a numeric group id")?)?),
+            "umask" => o.umask = Some(parse_umask(need(key, v, "an octal mask like 022")?)?),
+            "ro" => o.read_only = flag(key, v)?,
+            "rw" => o.read_only = !flag(key, v)?,
+            "Ciphers" => {
+                o.ciphers = parse_ciphers(need(key, v, "a comma-separated cipher list")?)?;
+            }
+            "Compression" => o.compression = yes_no(key, v)?,
+            "ServerAliveInterval" => {
+                o.server_alive_interval = Duration::from_secs(parse_num::<u64>(
+                    key,
+                    need(key, v, "seconds, 0 to turn keepalives off")?,
+                )?)
+            }
+            "ServerAliveCountMax" => {
+                o.server_alive_count_max = parse_num(key, need(key, v, "a count, at least 1")?)?;
+                if o.server_alive_count_max == 0 {
+                    return Err(bad_value(key, "0", "a count, at least 1"));
+                }
+            }
+            "StrictHostKeyChecking" => {
+                let val = need(key, v, "yes, accept-new or no")?;
+                o.strict_host_key_checking = match val.to_ascii_lowercase().as_str() {
+                    "yes" | "true" => StrictHostKeyChecking::Yes,
+                    "accept-new" => StrictHostKeyChecking::AcceptNew,
+                    "no" | "off" | "false" => StrictHostKeyChecking::No,
+                    _ => return Err(bad_value(key, val, "yes, accept-new or no")),
+                }
+            }
+            "UserKnownHostsFile" => {
+                let val = need(key, v, "a path to a known_hosts file")?;
+                // `/dev/null` is how people turned checking off with vieux/sshfs; honour the intent
+                // of "no file" without disabling verification of the pinned key.
+                o.known_hosts_file = (val != "/dev/null").then(|| PathBuf::from(val));
+            }
+            "hostkey" => {
+                let val = need(key, v, "a fingerprint like SHA256:abc... (ssh-keygen -lf)")?;
+                if !val.starts_with("SHA256:") || val.len() < 12 {
+                    return Err(bad_value(
+                        key,
+                        val,
+                        "a SHA256 fingerprint like SHA256:abc... as printed by ssh-keygen -lf",
+                    ));
+                }
+                o.hostkey = Some(val.to_string());
+            }
+            "ConnectTimeout" => {
+                o.connect_timeout = Duration::from_secs(parse_positive(
+                    key,
+                    need(key, v, "seconds, at least 1")?,
+                )?)
+            }
+            "reconnect_timeout" => {
+                o.reconnect_timeout = Duration::from_secs(parse_positive(
+                    key,
+                    need(key, v, "seconds, at least 1")?,
+                )?)
+            }
+            "follow_symlinks" => o.follow_symlinks = flag(key, v)?,
+            "cache" => o.cache = yes_no(key, v)?,
+            "cache_timeout" => {
+                o.cache_timeout =
+                    Duration::from_secs(parse_num::<u64>(key, need(key, v, "seconds")?)?)
+            }
+            "strict_chown" => o.strict_chown = flag(key, v)?,
+            "idmap" => {
+                // sshfs's idmap=user shows the login's files as the local user's; uid=/gid= does
+                // the same here, and "none" is the default.
+                let val = need(key, v, "none or user")?;
+                if !matches!(val, "none" | "user") {
+                    return Err(bad_value(key, val, "none or user (use uid=/gid= for a fixed owner)"));
+                }
+            }
+            "ssh_command" | "sftp_server" => {
+                return Err(bad_value(
+                    key,
+                    v.unwrap_or(""),
+                    "not supported: this plugin speaks SSH itself and runs no ssh binary; \
+                     remove the option",
+                ));
+            }
+            k if ACCEPTED_NO_OPS.contains(&k) => {}
+            _ => unreachable!("every SUPPORTED name is handled: {key}"),
+        }
+    }
+
+    let sshcmd = sshcmd.ok_or(OptionError::MissingSshcmd)?;
+    o.remote = Remote::parse(&sshcmd)?;
+    if o.password.is_some() && password_stdin {
+        return Err(OptionError::Conflict(
+            "password".into(),
+            "password_stdin".into(),
+        ));
+    }
+    if o.password.is_some() && o.password_file.is_some() {
+        return Err(OptionError::Conflict(
+            "password".into(),
+            "password_file".into(),
+        ));
+    }
+    Ok(ParsedOptions {
+        options: o,
+        wants_password_stdin: password_stdin,
+    })
+}
+
+/// The result of [`parse`].
+#[derive(Debug)]
+pub struct ParsedOptions {
+    pub options: MountOptions,
+    pub wants_password_stdin: bool,
+}
+
+fn need<'a>(name: &str, v: Option<&'a str>, expected: &str) -> Result<&'a str, OptionError> {
+    match v {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(OptionError::MissingValue {
+            name: name.to_string(),
+            expected: expected.to_string(),
+        }),
+    }
+}
+
+fn bad_value(name: &str, value: &str, expected: &str) -> OptionError {
+    OptionError::BadValue {
+        name: name.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// A bare flag means on; `=yes/no/true/false/1/0` is also accepted.
+fn flag(name: &str, v: Option<&str>) -> Result<bool, OptionError> {
+    match v {
+        None | Some("") => Ok(true),
+        Some(_) => yes_no(name, v),
+    }
+}
+
+fn yes_no(name: &str, v: Option<&str>) -> Result<bool, OptionError> {
+    let val = need(name, v, "yes or no")?;
+    match val.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err(bad_value(name, val, "yes or no")),
+    }
+}
+
+fn parse_port(v: &str) -> Result<u16, OptionError> {
+    match v.trim().parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(bad_value("port", v, "a TCP port from 1 to 65535")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, OptionError> {
+    v.trim()
+        .parse::<T>()
+        .map_err(|_| bad_value(name, v, "a non-negative whole number"))
+}
+
+fn parse_positive(name: &str, v: &str) -> Result<u64, OptionError> {
+    match parse_num::<u64>(name, v)? {
+        0 => Err(bad_value(name, v, "a whole number, at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn parse_umask(v: &str) -> Result<u32, OptionError> {
+    match u32::from_str_radix(v.trim(), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(bad_value("umask", v, "an octal mask from 000 to 777, like 022")),
+    }
+}
+
+/// Ciphers russh implements, fastest first on x86_64 with AES-NI.
+pub const KNOWN_CIPHERS: &[&str] = &[
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
+
+fn parse_ciphers(v: &str) -> Result<Vec<String>, OptionError> {
+    let mut out = Vec::new();
+    for c in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        if !KNOWN_CIPHERS.contains(&c) {
+            return Err(bad_value(
+                "Ciphers",
+                c,
+                &format!("one or more of {}", KNOWN_CIPHERS.join(",")),
+            ));
+        }
+        out.push(c.to_string());
+    }
+    if out.is_empty() {
+        return Err(bad_value("Ciphers", v, "at least one cipher name"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(items: &[(&str, &str)]) -> Result<MountOptions, OptionError> {
+        let raw: BTreeMap<String, String> = items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(&from_docker_opts(&raw), None, Context::Plugin).map(|p| p.options)
+    }
+
+    #[test]
+    fn remote_forms() {
+        let r = Remote::parse("user@host:/data").unwrap();
+        assert_eq!(
+            (r.user.as_deref(), r.host.as_str(), r.path.as_str()),
+            (Some("user"), "host", "/data")
+        );
+        let r = Remote::parse("host").unwrap();
+        assert_eq!((r.user, r.host.as_str(), r.path.as_str()), (None, "host", ""));
+        let r = Remote::parse("me@corp.com@host:rel/dir").unwrap();
+        assert_eq!(r.user.as_deref(), Some("me@corp.com"));
+        assert_eq!(r.host, "host");
+        assert_eq!(r.path, "rel/dir");
+        let r = Remote::parse("u@[::1]:/srv").unwrap();
+        assert_eq!((r.host.as_str(), r.path.as_str()), ("::1", "/srv"));
+        let r = Remote::parse("[fe80::1]").unwrap();
+        assert_eq!((r.host.as_str(), r.path.as_str()), ("fe80::1", ""));
+        assert_eq!(Remote::parse("u@[::1]:/srv").unwrap().to_string(), "u@[::1]:/srv");
+        // Colons inside the path are fine.
+        assert_eq!(Remote::parse("h:/a:b").unwrap().path, "/a:b");
+    }
+
+    #[test]
+    fn remote_errors_say_what_is_wrong() {
+        for bad in ["", "@host:/x", "u@:/x", ":/x", "u@[::1", "u@[::1]x", "a b:/x"] {
+            let e = Remote::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("expected user@host:/path"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vieux_options_work_unchanged() {
+        let o = plugin(&[
+            ("sshcmd", "alice@example.com:/home/alice"),
+            ("password", "s3cret"),
+            ("port", "2222"),
+            ("allow_other", ""),
+            ("Ciphers", "aes128-ctr"),
+            ("Compression", "no"),
+            ("reconnect", ""),
+            ("workaround", "rename"),
+        ])
+        .unwrap();
+        assert_eq!(o.port, 2222);
+        assert_eq!(o.password.as_ref().unwrap().expose(), "s3cret");
+        assert!(o.allow_other);
+        assert_eq!(o.ciphers, vec!["aes128-ctr"]);
+        assert!(!o.compression);
+    }
+
+    #[test]
+    fn defaults() {
+        let o = plugin(&[("sshcmd", "h:/x")]).unwrap();
+        assert!(o.allow_other, "plugin mounts default to allow_other");
+        assert_eq!(o.server_alive_interval, Duration::from_secs(15));
+        assert_eq!(o.server_alive_count_max, 3);
+        assert_eq!(o.strict_host_key_checking, StrictHostKeyChecking::AcceptNew);
+        let cli = parse(&vec![], Some("h:/x"), Context::Command).unwrap().options;
+        assert!(!cli.allow_other);
+    }
+
+    #[test]
+    fn errors_name_the_fix() {
+        assert_eq!(plugin(&[]).unwrap_err(), OptionError::MissingSshcmd);
+        let e = plugin(&[("sshcmd", "h:/x"), ("port", "70000")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port") && e.contains("1 to 65535"), "{e}");
+        let e = plugin(&[("sshcmd", "h:/x"), ("frobnicate", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown option 'frobnicate'") && e.contains("IdentityFile"), "{e}");
+        let e = plugin(&[("sshcmd", "h:/x"), ("Ciphers", "rot13")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("aes256-gcm@openssh.com"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let o = plugin(&[("sshcmd", "h:/x"), ("password", "hunter2")]).unwrap();
+        assert!(!format!("{o:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn cli_splitting() {
+        let raw = split_cli_options("allow_other,uid=1000,,IdentityFile=/k\\,x");
+        assert_eq!(
+            raw,
+            vec![
+                ("allow_other".to_string(), None),
+                ("uid".to_string(), Some("1000".to_string())),
+                ("IdentityFile".to_string(), Some("/k,x".to_string())),
+            ]
+        );
+        // Keywords are case-insensitive, like ssh_config.
+        let o = parse(
+            &split_cli_options("ciphers=aes128-ctr,serveraliveinterval=5"),
+            Some("h:/x"),
+            Context::Command,
+        )
+        .unwrap()
+        .options;
+        assert_eq!(o.server_alive_interval, Duration::from_secs(5));
+    }
+}
