@@ -1,1 +1,46 @@
-fn main() {}
+//! Command line: `serve` runs the Docker plugin (the bundle's entrypoint); `mount` mounts one
+//! remote directory in the foreground with the same code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Docker volume plugin and mount command for remote directories over SSH")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Docker volume plugin (listens on the plugin socket).
+    Serve(docker_volume_sshfs::protocol::ServeArgs),
+    /// Mount user@host:/path at MOUNTPOINT until SIGINT/SIGTERM or an external umount.
+    Mount {
+        /// SSH port.
+        #[arg(short = 'p', long = "port")]
+        port: Option<u16>,
+        /// Options, comma-separated: -o IdentityFile=~/.ssh/id_ed25519,allow_other,...
+        #[arg(short = 'o', action = clap::ArgAction::Append)]
+        options: Vec<String>,
+        /// The remote directory: user@host:/path (user@host alone: the login's home).
+        remote: String,
+        /// Where to mount it (an existing directory).
+        mountpoint: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => docker_volume_sshfs::protocol::serve_main(args),
+        Command::Mount {
+            port,
+            options,
+            remote,
+            mountpoint,
+        } => docker_volume_sshfs::mount::mount_main(port, &options, &remote, &mountpoint),
+    }
+}

@@ -61,3 +61,13 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
 pub fn unmount_stale_below(_dir: &Path) -> io::Result<Vec<PathBuf>> {
     todo!()
 }
+
+/// The `mount` command: mounts in the foreground until SIGINT/SIGTERM or an external umount.
+pub fn mount_main(
+    _port: Option<u16>,
+    _options: &[String],
+    _remote: &str,
+    _mountpoint: &Path,
+) -> std::process::ExitCode {
+    todo!()
+}
