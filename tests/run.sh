@@ -8,6 +8,8 @@
 # them). Settings: tests/docker/env.sh. Useful switches:
 #   SSHFS_SKIP_PLUGIN_INSTALL=1   test the plugin already installed as $SSHFS_PLUGIN
 #   SSHFS_KEEP_SSHD=1             leave the test SSH server running afterwards
+#   SSHFS_PLUGIN_SETTINGS="k=v.." `docker plugin set` settings applied at install, e.g. a separate
+#                                 state.source when another instance of the plugin runs here
 # It starts from whatever Docker state it finds: leftovers of earlier runs (containers, volumes,
 # services, compose projects named/labelled sshfs-e2e) are removed first; nothing else is touched.
 set -euo pipefail
@@ -68,7 +70,8 @@ rm -rf "${SSHFS_TEST_DIR:?}/data" "$SSHFS_TEST_DIR"/state-*
 if [[ ${SSHFS_SKIP_PLUGIN_INSTALL:-0} != 1 ]]; then
     [[ -x ./build-rootfs.sh ]] || die "./build-rootfs.sh missing: cannot build the plugin"
     log "building and installing the plugin as $SSHFS_PLUGIN"
-    ./build-rootfs.sh --install "$SSHFS_PLUGIN"
+    # shellcheck disable=SC2086 # a list of key=value words
+    ./build-rootfs.sh --install "$SSHFS_PLUGIN" ${SSHFS_PLUGIN_SETTINGS:-}
 fi
 [[ "$(docker plugin inspect -f '{{.Enabled}}' "$SSHFS_PLUGIN" 2>/dev/null)" == true ]] ||
     die "plugin $SSHFS_PLUGIN is not installed and enabled"
