@@ -53,6 +53,10 @@ cleanup_owned() {
 
 teardown() {
     local rc=$?
+    if [[ $rc != 0 ]]; then
+        log "failed (exit $rc); the test SSH server's log ends with:"
+        docker logs --tail 40 "$SSHFS_TEST_SSHD_CONTAINER" 2>&1 | sed 's/^/  sshd: /' >&2 || true
+    fi
     cleanup_owned
     if [[ ${SSHFS_KEEP_SSHD:-0} != 1 ]]; then
         tests/docker/sshd.sh down >/dev/null 2>&1 || true
