@@ -95,7 +95,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // Listen first: dockerd dials a new plugin for only ~12.5 s. Connections wait in the
     // backlog until the state is open, which takes milliseconds.
     let listener = bind(&args.socket)?;
-    let store = open_store(&args.state_dir).await?;
+    let store = match open_store(&args.state_dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Exiting (rather than answering every call with this error) keeps dockerd from
+            // forgetting the volumes: it only drops a volume whose Get answers an error.
+            let _ = std::fs::remove_file(&args.socket);
+            return Err(e);
+        }
+    };
     let driver = Driver::new(store, args.volumes_dir.clone());
     tracing::info!(
         socket = %args.socket.display(),
@@ -262,16 +270,19 @@ pub enum Call {
 }
 
 impl Call {
-    /// Volume name and mount ID for the log line ("-" where the call has none).
+    /// Volume name and mount ID for the log line ("-" where the call has none), cut short:
+    /// a hostile 4 KiB name should not flood the log.
     fn subject(&self) -> (String, String) {
-        match self {
+        let short = |s: &String| s.chars().take(128).collect::<String>();
+        let (name, id) = match self {
             Call::Activate | Call::Capabilities | Call::List => ("-".into(), "-".into()),
             Call::Create { name, .. }
             | Call::Remove { name }
             | Call::Path { name }
             | Call::Get { name } => (name.clone(), "-".into()),
             Call::Mount { name, id } | Call::Unmount { name, id } => (name.clone(), id.clone()),
-        }
+        };
+        (short(&name), short(&id))
     }
 }
 

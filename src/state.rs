@@ -132,8 +132,12 @@ impl Store {
             path: state_dir.to_path_buf(),
             reason: e.to_string(),
         };
-        fs::create_dir_all(state_dir).map_err(dir_err)?;
-        fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        // The directory may be one the user chose (state.source) and shares with other things:
+        // restrict it only if we create it. The database directory below is always root-only.
+        if !state_dir.exists() {
+            fs::create_dir_all(state_dir).map_err(dir_err)?;
+            fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        }
         let path = state_dir.join(DB_DIR);
         let open_err = |reason: String| StateError::Open {
             path: path.clone(),
@@ -283,8 +287,15 @@ mod tests {
         assert_eq!(r.raw_options["password"].expose(), "hunter2");
         assert!(s.get("v2").unwrap().is_none());
         assert_eq!(s.list().unwrap().len(), 1);
-        let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        for p in [d.clone(), d.join(DB_DIR)] {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
+        let mode = fs::metadata(d.join(DB_DIR).join("db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         drop(s);
         fs::remove_dir_all(&d).unwrap();
     }
