@@ -1,1 +1,0 @@
-//! The FUSE filesystem: kernel requests in, SFTP calls out.
