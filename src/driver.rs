@@ -114,7 +114,8 @@ pub struct Status {
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Named like the option that pins a key explicitly.
+    #[serde(rename = "hostkey", skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
     pub bytes_read: u64,
     pub bytes_written: u64,
