@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "Docker volume plugin and mount command for remote directories over SSH")]
+#[command(
+    version,
+    about = "Docker volume plugin and mount command for remote directories over SSH"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -68,7 +68,10 @@ impl Remote {
         if host.is_empty() {
             return Err(bad("the host name is empty"));
         }
-        if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || c == '/' || c == '@')
+        {
             return Err(bad("the host name contains a space, '/' or '@'"));
         }
         Ok(Remote {
@@ -80,7 +83,9 @@ impl Remote {
 
     /// The login name used to connect.
     pub fn login(&self, default_user: &str) -> String {
-        self.user.clone().unwrap_or_else(|| default_user.to_string())
+        self.user
+            .clone()
+            .unwrap_or_else(|| default_user.to_string())
     }
 }
 
@@ -365,9 +370,7 @@ pub fn parse(
 
     for (name, value) in raw {
         let Some(key) = canonical(name.trim()) else {
-            return Err(OptionError::Unknown {
-                name: name.clone(),
-            });
+            return Err(OptionError::Unknown { name: name.clone() });
         };
         let v = value.as_deref();
         match key {
@@ -386,9 +389,10 @@ pub fn parse(
                 o.password_file = Some(PathBuf::from(need(key, v, "a path to a file")?))
             }
             "password_stdin" => password_stdin = flag(key, v)?,
-            "IdentityFile" => o
-                .identity_files
-                .push(PathBuf::from(need(key, v, "a path to a private key")?)),
+            "IdentityFile" => {
+                o.identity_files
+                    .push(PathBuf::from(need(key, v, "a path to a private key")?))
+            }
             "passphrase" => {
                 o.passphrase = Some(Secret::new(need(key, v, "the private key's passphrase")?))
             }
@@ -442,16 +446,12 @@ pub fn parse(
                 o.hostkey = Some(val.to_string());
             }
             "ConnectTimeout" => {
-                o.connect_timeout = Duration::from_secs(parse_positive(
-                    key,
-                    need(key, v, "seconds, at least 1")?,
-                )?)
+                o.connect_timeout =
+                    Duration::from_secs(parse_positive(key, need(key, v, "seconds, at least 1")?)?)
             }
             "reconnect_timeout" => {
-                o.reconnect_timeout = Duration::from_secs(parse_positive(
-                    key,
-                    need(key, v, "seconds, at least 1")?,
-                )?)
+                o.reconnect_timeout =
+                    Duration::from_secs(parse_positive(key, need(key, v, "seconds, at least 1")?)?)
             }
             "follow_symlinks" => o.follow_symlinks = flag(key, v)?,
             "cache" => o.cache = yes_no(key, v)?,
@@ -465,7 +465,11 @@ pub fn parse(
                 // the same here, and "none" is the default.
                 let val = need(key, v, "none or user")?;
                 if !matches!(val, "none" | "user") {
-                    return Err(bad_value(key, val, "none or user (use uid=/gid= for a fixed owner)"));
+                    return Err(bad_value(
+                        key,
+                        val,
+                        "none or user (use uid=/gid= for a fixed owner)",
+                    ));
                 }
             }
             "ssh_command" | "sftp_server" => {
@@ -566,7 +570,11 @@ fn parse_positive(name: &str, v: &str) -> Result<u64, OptionError> {
 fn parse_umask(v: &str) -> Result<u32, OptionError> {
     match u32::from_str_radix(v.trim(), 8) {
         Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(bad_value("umask", v, "an octal mask from 000 to 777, like 022")),
+        _ => Err(bad_value(
+            "umask",
+            v,
+            "an octal mask from 000 to 777, like 022",
+        )),
     }
 }
 
@@ -618,7 +626,10 @@ mod tests {
             (Some("user"), "host", "/data")
         );
         let r = Remote::parse("host").unwrap();
-        assert_eq!((r.user, r.host.as_str(), r.path.as_str()), (None, "host", ""));
+        assert_eq!(
+            (r.user, r.host.as_str(), r.path.as_str()),
+            (None, "host", "")
+        );
         let r = Remote::parse("me@corp.com@host:rel/dir").unwrap();
         assert_eq!(r.user.as_deref(), Some("me@corp.com"));
         assert_eq!(r.host, "host");
@@ -627,14 +638,19 @@ mod tests {
         assert_eq!((r.host.as_str(), r.path.as_str()), ("::1", "/srv"));
         let r = Remote::parse("[fe80::1]").unwrap();
         assert_eq!((r.host.as_str(), r.path.as_str()), ("fe80::1", ""));
-        assert_eq!(Remote::parse("u@[::1]:/srv").unwrap().to_string(), "u@[::1]:/srv");
+        assert_eq!(
+            Remote::parse("u@[::1]:/srv").unwrap().to_string(),
+            "u@[::1]:/srv"
+        );
         // Colons inside the path are fine.
         assert_eq!(Remote::parse("h:/a:b").unwrap().path, "/a:b");
     }
 
     #[test]
     fn remote_errors_say_what_is_wrong() {
-        for bad in ["", "@host:/x", "u@:/x", ":/x", "u@[::1", "u@[::1]x", "a b:/x"] {
+        for bad in [
+            "", "@host:/x", "u@:/x", ":/x", "u@[::1", "u@[::1]x", "a b:/x",
+        ] {
             let e = Remote::parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected user@host:/path"), "{bad}: {e}");
         }
@@ -667,7 +683,9 @@ mod tests {
         assert_eq!(o.server_alive_interval, Duration::from_secs(15));
         assert_eq!(o.server_alive_count_max, 3);
         assert_eq!(o.strict_host_key_checking, StrictHostKeyChecking::AcceptNew);
-        let cli = parse(&vec![], Some("h:/x"), Context::Command).unwrap().options;
+        let cli = parse(&vec![], Some("h:/x"), Context::Command)
+            .unwrap()
+            .options;
         assert!(!cli.allow_other);
     }
 
@@ -681,7 +699,10 @@ mod tests {
         let e = plugin(&[("sshcmd", "h:/x"), ("frobnicate", "1")])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown option 'frobnicate'") && e.contains("IdentityFile"), "{e}");
+        assert!(
+            e.contains("unknown option 'frobnicate'") && e.contains("IdentityFile"),
+            "{e}"
+        );
         let e = plugin(&[("sshcmd", "h:/x"), ("Ciphers", "rot13")])
             .unwrap_err()
             .to_string();
