@@ -4,9 +4,15 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::options::MountOptions;
-use crate::sftp::Stats;
+use tokio::sync::watch;
+
+use crate::fs::{SshFs, fuse_config};
+use crate::options::{self, Context, MountOptions};
+use crate::secret::Secret;
+use crate::sftp::{Sftp, Stats};
 
 /// Why a mount failed. The message is shown to the user verbatim.
 #[derive(Debug, thiserror::Error)]
@@ -18,38 +24,113 @@ pub enum MountError {
 }
 
 /// A live mount: the FUSE session plus its SSH connection.
-pub struct Mounted {}
+pub struct Mounted {
+    mountpoint: PathBuf,
+    sftp: Sftp,
+    /// Becomes true when the FUSE event loop has returned (unmounted, by us or by someone else).
+    ended: watch::Receiver<bool>,
+}
 
 impl Mounted {
     pub fn mountpoint(&self) -> &Path {
-        todo!()
+        &self.mountpoint
     }
 
     /// SHA256 fingerprint of the server's host key (to pin it on first use).
     pub fn host_key_fingerprint(&self) -> String {
-        todo!()
+        self.sftp.host_key_fingerprint().to_string()
     }
 
     pub fn stats(&self) -> Stats {
-        todo!()
+        self.sftp.stats()
     }
 
     /// Resolves when the filesystem stopped being served (for example after an external
     /// `umount`), so the caller can clean up.
     pub async fn ended(&self) {
-        todo!()
+        let mut rx = self.ended.clone();
+        let _ = rx.wait_for(|ended| *ended).await;
     }
 
     /// Unmounts (lazily, so busy mounts detach instead of failing), stops serving and
-    /// disconnects.
+    /// disconnects. A detached mount that still has open files keeps being served until the
+    /// last one is closed; the connection is closed after that.
     pub async fn unmount(self) -> io::Result<()> {
-        todo!()
+        let detached = match lazy_unmount(&self.mountpoint) {
+            Ok(()) => Ok(()),
+            // Not mounted any more (an external umount got there first).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let mut ended = self.ended.clone();
+        let finished = tokio::time::timeout(Duration::from_secs(5), ended.wait_for(|e| *e))
+            .await
+            .is_ok();
+        if finished {
+            self.sftp.disconnect().await;
+        } else {
+            tracing::info!(mountpoint = %self.mountpoint.display(),
+                "mount is busy; detached, serving open files until they are closed");
+            let sftp = self.sftp.clone();
+            tokio::spawn(async move {
+                let _ = ended.wait_for(|e| *e).await;
+                sftp.disconnect().await;
+            });
+        }
+        detached
     }
 }
 
-/// Connects to the server and mounts it at `mountpoint` (an existing empty directory).
-pub async fn mount(_opts: &MountOptions, _mountpoint: &Path) -> Result<Mounted, MountError> {
-    todo!()
+/// Connects to the server and mounts it at `mountpoint` (an existing directory).
+pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, MountError> {
+    let sftp = Sftp::connect(opts).await?;
+    let fs = SshFs::new(sftp.clone(), opts, tokio::runtime::Handle::current());
+    let config = fuse_config(opts);
+    let path = mountpoint.to_path_buf();
+    let fuse_err = |reason: String| MountError::Fuse {
+        path: mountpoint.to_path_buf(),
+        reason,
+    };
+    // mount(2) and the event loop are blocking: keep them off the async workers.
+    let session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &path, &config))
+        .await
+        .map_err(|e| fuse_err(e.to_string()))?;
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            sftp.disconnect().await;
+            return Err(fuse_err(explain_mount_error(&e)));
+        }
+    };
+    let (tx, ended) = watch::channel(false);
+    let shown = mountpoint.display().to_string();
+    std::thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || {
+            if let Err(e) = session.run() {
+                tracing::warn!(mountpoint = %shown, error = %e, "FUSE session ended with an error");
+            }
+            let _ = tx.send(true);
+        })
+        .map_err(|e| fuse_err(e.to_string()))?;
+    Ok(Mounted {
+        mountpoint: mountpoint.to_path_buf(),
+        sftp,
+        ended,
+    })
+}
+
+fn explain_mount_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "the mountpoint does not exist; create the directory first".into(),
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            format!("{e}: mounting FUSE needs root (or CAP_SYS_ADMIN) and access to /dev/fuse")
+        }
+        Some(libc::ENOTCONN) => format!(
+            "{e}: a dead mount from an earlier run is still there; run `umount -l` on it first"
+        ),
+        _ => e.to_string(),
+    }
 }
 
 /// `umount2(path, MNT_DETACH)`: detaches even when busy or when the serving process is gone.
@@ -58,16 +139,163 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
 }
 
 /// Lazily unmounts every mount at or below `dir` (left by a crashed earlier run), deepest first.
-pub fn unmount_stale_below(_dir: &Path) -> io::Result<Vec<PathBuf>> {
-    todo!()
+pub fn unmount_stale_below(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut found: Vec<PathBuf> = mount_points(&info)
+        .into_iter()
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut done = Vec::new();
+    for p in found {
+        match lazy_unmount(&p) {
+            Ok(()) => done.push(p),
+            Err(e) => tracing::warn!(path = %p.display(), error = %e, "cannot unmount stale mount"),
+        }
+    }
+    Ok(done)
+}
+
+/// True if `path` is a mount point according to /proc/self/mountinfo.
+pub fn is_mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| mount_points(&info).iter().any(|p| p == path))
+        .unwrap_or(false)
+}
+
+/// The mount point column (5th) of mountinfo, with its octal escapes (`\040`) decoded.
+fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| {
+            let b = field.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'\\'
+                    && i + 3 < b.len()
+                    && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+                {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+                out.push(b[i]);
+                i += 1;
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        })
+        .collect()
 }
 
 /// The `mount` command: mounts in the foreground until SIGINT/SIGTERM or an external umount.
 pub fn mount_main(
-    _port: Option<u16>,
-    _options: &[String],
-    _remote: &str,
-    _mountpoint: &Path,
-) -> std::process::ExitCode {
-    todo!()
+    port: Option<u16>,
+    options: &[String],
+    remote: &str,
+    mountpoint: &Path,
+) -> ExitCode {
+    init_logging();
+    let mut raw: options::RawOptions = options
+        .iter()
+        .flat_map(|o| options::split_cli_options(o))
+        .collect();
+    if let Some(p) = port {
+        raw.push(("port".into(), Some(p.to_string())));
+    }
+    let parsed = match options::parse(&raw, Some(remote), Context::Command) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("docker-volume-sshfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut opts = parsed.options;
+    opts.learn_host_keys = true;
+    if parsed.wants_password_stdin {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("docker-volume-sshfs: cannot read the password from stdin: {e}");
+            return ExitCode::from(2);
+        }
+        opts.password = Some(Secret::new(line.trim_end_matches(['\r', '\n'])));
+    }
+
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("docker-volume-sshfs: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let mounted = match mount(&opts, mountpoint).await {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("docker-volume-sshfs: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(remote = %opts.remote, mountpoint = %mountpoint.display(), "mounted");
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("docker-volume-sshfs: cannot watch SIGTERM: {e}");
+                    let _ = mounted.unmount().await;
+                    return ExitCode::FAILURE;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = mounted.ended() => {
+                tracing::info!("unmounted externally");
+                return ExitCode::SUCCESS;
+            }
+        }
+        match mounted.unmount().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("docker-volume-sshfs: unmount failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Logs to stderr; `RUST_LOG` or `DEBUG=1` raise the level.
+pub fn init_logging() {
+    let debug = matches!(
+        std::env::var("DEBUG").as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    );
+    let default = if debug {
+        "debug,russh=info,russh_sftp=info"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        let info = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n\
+                    37 35 0:5 / /mnt/volumes/x rw - fuse.sshfs h:/ rw\n";
+        assert_eq!(
+            mount_points(info),
+            vec![PathBuf::from("/mnt/a b"), PathBuf::from("/mnt/volumes/x")]
+        );
+    }
 }

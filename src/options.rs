@@ -151,6 +151,10 @@ pub struct MountOptions {
     pub connect_timeout: Duration,
     /// Copy-up and `chown` of files the login may not give away: fail (`strict_chown`) or ignore.
     pub strict_chown: bool,
+    /// Record newly accepted host keys in `known_hosts_file` (the `mount` command does, like
+    /// ssh; the plugin pins them in its own state instead of writing to the user's files).
+    #[serde(default)]
+    pub learn_host_keys: bool,
 }
 
 /// Defaults that differ between the plugin and the command line.
@@ -364,6 +368,7 @@ pub fn parse(
         reconnect_timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(15),
         strict_chown: false,
+        learn_host_keys: false,
     };
     let mut sshcmd: Option<String> = remote.map(str::to_string);
     let mut password_stdin = false;

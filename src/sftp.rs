@@ -6,12 +6,21 @@
 //! pipelined), and a dropped connection (re-established with backoff; open files are reopened
 //! by path and flags). Every call returns an [`Error`] that maps to an errno.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::protocol::Packet;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 
 pub use russh_sftp::extensions::Statvfs;
 pub use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
-use crate::options::MountOptions;
+use crate::options::{MountOptions, StrictHostKeyChecking};
+use crate::ssh::{self, ConnectError};
 
 /// Largest read or write sent in one SFTP packet: russh-sftp drops the session on an incoming
 /// packet over 256 KiB and OpenSSH caps reads at 255 KiB, so 64 KiB keeps a wide margin.
@@ -77,133 +86,778 @@ pub struct Stats {
     pub last_error: Option<String>,
 }
 
+/// Handles per SFTP session: russh-sftp decodes handles lossily as UTF-8, so OpenSSH's 129th
+/// simultaneous handle is corrupted (REFERENCE §4). Stay well below.
+const HANDLES_PER_SESSION: usize = 120;
+/// OpenSSH allows 10 channels per connection by default (MaxSessions); leave two spare.
+const MAX_SESSIONS: usize = 8;
+/// How often the supervisor looks at the transport when nobody reports trouble.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// A single request that gets no answer for this long is treated as a dead link.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+type RawResult<T> = Result<T, russh_sftp::client::error::Error>;
+
+/// One SFTP channel and the open-handle slots it has left.
+struct Session {
+    raw: RawSftpSession,
+    slots: Arc<Semaphore>,
+}
+
+/// One SSH connection and its SFTP channels. Replaced as a whole on reconnect.
+struct Conn {
+    generation: u64,
+    ssh: ssh::Connection,
+    sessions: Mutex<Vec<Arc<Session>>>,
+    /// Extra channels are opened one at a time.
+    opening: tokio::sync::Mutex<()>,
+    next: AtomicUsize,
+}
+
+impl Conn {
+    /// Round-robin over channels: each is a separate sftp-server process on the far side.
+    fn pick(&self) -> Arc<Session> {
+        let sessions = self.sessions.lock().unwrap();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % sessions.len();
+        sessions[i].clone()
+    }
+
+    /// A channel with a free handle slot, opening another channel when all are full.
+    async fn slot(&self) -> RawResult<(Arc<Session>, OwnedSemaphorePermit)> {
+        if let Some(found) = self.try_slot() {
+            return Ok(found);
+        }
+        let _one_at_a_time = self.opening.lock().await;
+        if let Some(found) = self.try_slot() {
+            return Ok(found);
+        }
+        let count = self.sessions.lock().unwrap().len();
+        if count < MAX_SESSIONS {
+            let (raw, _) = self
+                .ssh
+                .open_sftp(REQUEST_TIMEOUT)
+                .await
+                .map_err(russh_sftp::client::error::Error::IO)?;
+            let session = Arc::new(Session {
+                raw,
+                slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
+            });
+            let permit = session
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .expect("fresh session");
+            self.sessions.lock().unwrap().push(session.clone());
+            return Ok((session, permit));
+        }
+        // Every channel is full: wait for a handle to close.
+        let session = self.pick();
+        let permit = session
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        Ok((session, permit))
+    }
+
+    fn try_slot(&self) -> Option<(Arc<Session>, OwnedSemaphorePermit)> {
+        let sessions = self.sessions.lock().unwrap();
+        sessions.iter().find_map(|s| {
+            s.slots
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|p| (s.clone(), p))
+        })
+    }
+}
+
+enum Slot {
+    Up(Arc<Conn>),
+    Down,
+    Closed,
+}
+
 /// A connected remote. Cheap to clone; all clones share the connection.
 #[derive(Clone)]
 pub struct Sftp {
     inner: Arc<Inner>,
 }
 
-struct Inner {}
+struct Inner {
+    /// Options for reconnecting, with the host key pinned to the one first seen.
+    opts: MountOptions,
+    root: String,
+    fingerprint: String,
+    slot: watch::Sender<Slot>,
+    /// Callers that saw the transport fail wake the supervisor at once.
+    trouble: Arc<Notify>,
+    generations: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    reconnects: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    posix_rename: bool,
+}
 
-/// An open remote file. Survives reconnects: it is reopened by path (without CREATE, TRUNCATE
-/// or EXCLUDE) on the new connection and keeps its place in the caller's offsets.
-pub struct File {}
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.slot.send_replace(Slot::Closed);
+    }
+}
+
+fn transport_error(e: &russh_sftp::client::error::Error) -> bool {
+    use russh_sftp::client::error::Error as E;
+    matches!(e, E::IO(_) | E::Timeout | E::UnexpectedBehavior(_))
+}
+
+fn from_raw(e: russh_sftp::client::error::Error) -> Error {
+    use russh_sftp::client::error::Error as E;
+    match e {
+        E::Status(st) => Error::Status {
+            code: st.status_code,
+            message: st.error_message,
+        },
+        E::Timeout => Error::Timeout,
+        E::IO(m) | E::UnexpectedBehavior(m) => Error::Disconnected(m),
+        other => Error::Other(other.to_string()),
+    }
+}
+
+fn status_ok(packet: Packet) -> RawResult<()> {
+    match packet {
+        Packet::Status(st) if st.status_code == StatusCode::Ok => Ok(()),
+        Packet::Status(st) => Err(russh_sftp::client::error::Error::Status(st)),
+        _ => Err(russh_sftp::client::error::Error::UnexpectedPacket),
+    }
+}
+
+/// SSH wire encoding of a string: u32 length, then the bytes.
+fn put_string(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Opens the connection and its first SFTP channel.
+async fn establish(opts: &MountOptions, generation: u64) -> Result<(Conn, bool), ConnectError> {
+    let ssh = ssh::connect(opts).await?;
+    let (raw, posix_rename) = ssh
+        .open_sftp(REQUEST_TIMEOUT)
+        .await
+        .map_err(ConnectError::Protocol)?;
+    let conn = Conn {
+        generation,
+        ssh,
+        sessions: Mutex::new(vec![Arc::new(Session {
+            raw,
+            slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
+        })]),
+        opening: tokio::sync::Mutex::new(()),
+        next: AtomicUsize::new(0),
+    };
+    Ok((conn, posix_rename))
+}
 
 impl Sftp {
     /// Connects, authenticates, checks the host key and resolves the remote root directory.
     /// Fails with a message that says what to fix (wrong password, unknown host key, ...).
-    pub async fn connect(_opts: &MountOptions) -> Result<Sftp, crate::ssh::ConnectError> {
-        todo!()
+    pub async fn connect(opts: &MountOptions) -> Result<Sftp, ConnectError> {
+        let (conn, posix_rename) = establish(opts, 1).await?;
+        let fingerprint = conn.ssh.host_key_fingerprint().to_string();
+        let root = resolve_root(&conn, &opts.remote.path).await?;
+
+        let mut reconnect_opts = opts.clone();
+        if opts.strict_host_key_checking != StrictHostKeyChecking::No {
+            reconnect_opts.hostkey = Some(fingerprint.clone());
+        }
+        reconnect_opts.learn_host_keys = false;
+        let (slot, _) = watch::channel(Slot::Up(Arc::new(conn)));
+        let inner = Arc::new(Inner {
+            opts: reconnect_opts,
+            root,
+            fingerprint,
+            slot,
+            trouble: Arc::new(Notify::new()),
+            generations: AtomicU64::new(1),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            posix_rename,
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner)));
+        Ok(Sftp { inner })
     }
 
     /// The absolute remote directory this mount shows as its root (no trailing slash unless `/`).
     pub fn root(&self) -> &str {
-        todo!()
+        &self.inner.root
     }
 
     /// The SHA256 fingerprint of the server's host key, as pinned.
     pub fn host_key_fingerprint(&self) -> &str {
-        todo!()
+        &self.inner.fingerprint
     }
 
     pub fn stats(&self) -> Stats {
-        todo!()
+        let state = match &*self.inner.slot.borrow() {
+            Slot::Up(c) if !c.ssh.is_closed() => "connected",
+            Slot::Up(_) | Slot::Down => "reconnecting",
+            Slot::Closed => "closed",
+        };
+        Stats {
+            bytes_read: self.inner.bytes_read.load(Ordering::Relaxed),
+            bytes_written: self.inner.bytes_written.load(Ordering::Relaxed),
+            reconnects: self.inner.reconnects.load(Ordering::Relaxed),
+            state: state.to_string(),
+            last_error: self.inner.last_error.lock().unwrap().clone(),
+        }
     }
 
-    pub async fn lstat(&self, _path: &str) -> Result<FileAttributes, Error> {
-        todo!()
+    /// The live connection, waiting for a reconnect until `deadline`.
+    async fn conn(&self, deadline: Instant) -> Result<Arc<Conn>, Error> {
+        let mut rx = self.inner.slot.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Slot::Up(c) if !c.ssh.is_closed() => return Ok(c.clone()),
+                Slot::Up(_) => self.inner.trouble.notify_one(),
+                Slot::Down => {}
+                Slot::Closed => return Err(Error::Disconnected("the volume was unmounted".into())),
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(Error::Disconnected("the volume was unmounted".into())),
+                Err(_) => {
+                    let why = self.inner.last_error.lock().unwrap().clone();
+                    return Err(Error::Disconnected(why.unwrap_or_else(|| {
+                        "the SSH server is unreachable; gave up waiting for it to come back".into()
+                    })));
+                }
+            }
+        }
     }
 
-    pub async fn stat(&self, _path: &str) -> Result<FileAttributes, Error> {
-        todo!()
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.opts.reconnect_timeout
     }
 
-    pub async fn setstat(&self, _path: &str, _attrs: FileAttributes) -> Result<(), Error> {
-        todo!()
+    /// Runs `f` on the live connection; on a transport failure waits for the reconnect and
+    /// runs it again, until `reconnect_timeout` has passed.
+    async fn retry<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: Future<Output = RawResult<T>>,
+    {
+        let deadline = self.deadline();
+        loop {
+            let conn = self.conn(deadline).await?;
+            match f(conn.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if transport_error(&e) => {
+                    tracing::debug!(error = %e, "SFTP transport failed; waiting for reconnect");
+                    self.inner.trouble.notify_one();
+                    if Instant::now() >= deadline {
+                        return Err(from_raw(e));
+                    }
+                    // Let the supervisor see the dead transport before we look again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(from_raw(e)),
+            }
+        }
+    }
+
+    /// `retry` for a request that needs no handle: any channel will do.
+    async fn simple<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Arc<Session>) -> Fut,
+        Fut: Future<Output = RawResult<T>>,
+    {
+        self.retry(|conn| f(conn.pick())).await
+    }
+
+    pub async fn lstat(&self, path: &str) -> Result<FileAttributes, Error> {
+        self.simple(|s| async move { s.raw.lstat(path).await.map(|a| a.attrs) })
+            .await
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileAttributes, Error> {
+        self.simple(|s| async move { s.raw.stat(path).await.map(|a| a.attrs) })
+            .await
+    }
+
+    pub async fn setstat(&self, path: &str, attrs: FileAttributes) -> Result<(), Error> {
+        self.simple(|s| {
+            let attrs = attrs.clone();
+            async move { s.raw.setstat(path, attrs).await.map(drop) }
+        })
+        .await
     }
 
     /// The whole listing (without `.` and `..`), in server order.
-    pub async fn read_dir(&self, _path: &str) -> Result<Vec<DirEntry>, Error> {
-        todo!()
+    pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        self.retry(|conn| async move {
+            let (session, _slot) = conn.slot().await?;
+            let handle = session.raw.opendir(path).await?.handle;
+            let mut entries = Vec::new();
+            let result = loop {
+                match session.raw.readdir(handle.as_str()).await {
+                    Ok(name) => entries.extend(
+                        name.files
+                            .into_iter()
+                            .filter(|f| f.filename != "." && f.filename != "..")
+                            .map(|f| DirEntry {
+                                name: f.filename,
+                                attrs: f.attrs,
+                            }),
+                    ),
+                    Err(russh_sftp::client::error::Error::Status(st))
+                        if st.status_code == StatusCode::Eof =>
+                    {
+                        break Ok(entries);
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let _ = session.raw.close(handle).await;
+            result
+        })
+        .await
     }
 
-    pub async fn mkdir(&self, _path: &str, _mode: u32) -> Result<(), Error> {
-        todo!()
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), Error> {
+        self.simple(|s| async move {
+            let attrs = FileAttributes {
+                permissions: Some(mode & 0o7777),
+                ..FileAttributes::empty()
+            };
+            s.raw.mkdir(path, attrs).await.map(drop)
+        })
+        .await
     }
 
-    pub async fn rmdir(&self, _path: &str) -> Result<(), Error> {
-        todo!()
+    pub async fn rmdir(&self, path: &str) -> Result<(), Error> {
+        self.simple(|s| async move { s.raw.rmdir(path).await.map(drop) })
+            .await
     }
 
-    pub async fn remove(&self, _path: &str) -> Result<(), Error> {
-        todo!()
+    pub async fn remove(&self, path: &str) -> Result<(), Error> {
+        self.simple(|s| async move { s.raw.remove(path).await.map(drop) })
+            .await
     }
 
     /// Renames, replacing `to` if it exists (posix-rename@openssh.com).
-    pub async fn rename(&self, _from: &str, _to: &str) -> Result<(), Error> {
-        todo!()
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        if !self.inner.posix_rename {
+            return self
+                .simple(|s| async move { s.raw.rename(from, to).await.map(drop) })
+                .await;
+        }
+        let mut data = Vec::with_capacity(from.len() + to.len() + 8);
+        put_string(&mut data, from);
+        put_string(&mut data, to);
+        self.simple(|s| {
+            let data = data.clone();
+            async move { status_ok(s.raw.extended("posix-rename@openssh.com", data).await?) }
+        })
+        .await
     }
 
     /// Creates `link` pointing at `target` (argument order handled for OpenSSH).
-    pub async fn symlink(&self, _target: &str, _link: &str) -> Result<(), Error> {
-        todo!()
+    pub async fn symlink(&self, target: &str, link: &str) -> Result<(), Error> {
+        // OpenSSH takes SSH_FXP_SYMLINK's arguments reversed (its PROTOCOL §4.1): target first.
+        // russh-sftp sends its first argument first.
+        self.simple(|s| async move { s.raw.symlink(target, link).await.map(drop) })
+            .await
     }
 
-    pub async fn readlink(&self, _path: &str) -> Result<String, Error> {
-        todo!()
+    pub async fn readlink(&self, path: &str) -> Result<String, Error> {
+        self.simple(|s| async move {
+            let name = s.raw.readlink(path).await?;
+            name.files
+                .into_iter()
+                .next()
+                .map(|f| f.filename)
+                .ok_or(russh_sftp::client::error::Error::UnexpectedPacket)
+        })
+        .await
     }
 
     /// hardlink@openssh.com: `new` becomes another name for `existing`.
-    pub async fn hardlink(&self, _existing: &str, _new: &str) -> Result<(), Error> {
-        todo!()
+    pub async fn hardlink(&self, existing: &str, new: &str) -> Result<(), Error> {
+        self.simple(|s| async move { s.raw.hardlink(existing, new).await.map(drop) })
+            .await
     }
 
-    pub async fn statvfs(&self, _path: &str) -> Result<Statvfs, Error> {
-        todo!()
+    pub async fn statvfs(&self, path: &str) -> Result<Statvfs, Error> {
+        self.simple(|s| async move { s.raw.statvfs(path).await })
+            .await
     }
 
     pub async fn open(
         &self,
-        _path: &str,
-        _flags: OpenFlags,
-        _attrs: FileAttributes,
+        path: &str,
+        flags: OpenFlags,
+        attrs: FileAttributes,
     ) -> Result<File, Error> {
-        todo!()
+        let handle = self
+            .retry(|conn| {
+                let attrs = attrs.clone();
+                async move { open_on(&conn, path, flags, attrs).await }
+            })
+            .await?;
+        Ok(File {
+            sftp: self.clone(),
+            path: path.to_string(),
+            reopen_flags: flags
+                .difference(OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::EXCLUDE),
+            open: Mutex::new(Some(handle)),
+            reopening: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Closes the connection; later calls fail with `Disconnected`.
     pub async fn disconnect(&self) {
-        todo!()
+        let old = self.inner.slot.send_replace(Slot::Closed);
+        if let Slot::Up(conn) = old {
+            conn.ssh.disconnect().await;
+        }
     }
 }
 
+async fn open_on(
+    conn: &Arc<Conn>,
+    path: &str,
+    flags: OpenFlags,
+    attrs: FileAttributes,
+) -> RawResult<OpenHandle> {
+    let (session, permit) = conn.slot().await?;
+    let handle = session.raw.open(path, flags, attrs).await?.handle;
+    Ok(OpenHandle {
+        generation: conn.generation,
+        session,
+        handle,
+        _slot: Arc::new(permit),
+    })
+}
+
+/// `realpath` of the configured path, which must be a directory.
+async fn resolve_root(conn: &Conn, path: &str) -> Result<String, ConnectError> {
+    let session = conn.pick();
+    let shown = if path.is_empty() { "~" } else { path };
+    let remote_err = |reason: String| ConnectError::RemotePath {
+        path: shown.to_string(),
+        reason,
+    };
+    let describe = |e: russh_sftp::client::error::Error| match e {
+        russh_sftp::client::error::Error::Status(st) => match st.status_code {
+            StatusCode::NoSuchFile => "does not exist".to_string(),
+            StatusCode::PermissionDenied => "is not accessible to this user".to_string(),
+            _ => format!("cannot be opened ({})", st.error_message),
+        },
+        other => format!("cannot be checked ({other})"),
+    };
+    let target = if path.is_empty() { "." } else { path };
+    let name = session
+        .raw
+        .realpath(target)
+        .await
+        .map_err(|e| remote_err(describe(e)))?;
+    let root = name
+        .files
+        .into_iter()
+        .next()
+        .map(|f| f.filename)
+        .ok_or_else(|| remote_err("cannot be resolved".into()))?;
+    let attrs = session
+        .raw
+        .stat(root.as_str())
+        .await
+        .map_err(|e| remote_err(describe(e)))?
+        .attrs;
+    if !attrs.is_dir() {
+        return Err(remote_err("is not a directory".into()));
+    }
+    Ok(root)
+}
+
+/// Watches the connection and replaces it when it dies, with backoff, until unmounted.
+async fn supervise(inner: Weak<Inner>) {
+    loop {
+        // Wait for trouble on the current connection.
+        loop {
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            let dead = match &*strong.slot.borrow() {
+                Slot::Up(c) => c.ssh.is_closed(),
+                Slot::Down => true,
+                Slot::Closed => return,
+            };
+            if dead {
+                break;
+            }
+            let trouble = strong.trouble.clone();
+            drop(strong);
+            let _ = tokio::time::timeout(WATCH_INTERVAL, trouble.notified()).await;
+        }
+
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if matches!(&*strong.slot.borrow(), Slot::Closed) {
+            return;
+        }
+        strong.slot.send_replace(Slot::Down);
+        let target = strong.opts.remote.to_string();
+        tracing::warn!(remote = %target, "connection lost; reconnecting");
+        drop(strong);
+
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            if matches!(&*strong.slot.borrow(), Slot::Closed) {
+                return;
+            }
+            let generation = strong.generations.fetch_add(1, Ordering::Relaxed) + 1;
+            let opts = strong.opts.clone();
+            drop(strong);
+            let result = establish(&opts, generation).await;
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            match result {
+                Ok((conn, _)) => {
+                    let was_closed = matches!(&*strong.slot.borrow(), Slot::Closed);
+                    if was_closed {
+                        conn.ssh.disconnect().await;
+                        return;
+                    }
+                    strong.reconnects.fetch_add(1, Ordering::Relaxed);
+                    strong.slot.send_replace(Slot::Up(Arc::new(conn)));
+                    tracing::info!(remote = %target, generation, "reconnected");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(remote = %target, error = %e, "reconnect failed; retrying in {backoff:?}");
+                    *strong.last_error.lock().unwrap() = Some(e.to_string());
+                    // A refused host key will not fix itself by retrying fast.
+                    drop(strong);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A handle on one connection generation; its slot is freed when the last clone is dropped.
+#[derive(Clone)]
+struct OpenHandle {
+    generation: u64,
+    session: Arc<Session>,
+    handle: String,
+    _slot: Arc<OwnedSemaphorePermit>,
+}
+
+/// An open remote file. Survives reconnects: it is reopened by path (without CREATE, TRUNCATE
+/// or EXCLUDE) on the new connection and keeps its place in the caller's offsets.
+pub struct File {
+    sftp: Sftp,
+    path: String,
+    reopen_flags: OpenFlags,
+    open: Mutex<Option<OpenHandle>>,
+    reopening: tokio::sync::Mutex<()>,
+}
+
 impl File {
+    /// The handle valid on `conn`, reopening the file if the connection was replaced.
+    async fn handle_on(&self, conn: &Arc<Conn>) -> RawResult<OpenHandle> {
+        if let Some(h) = self.current(conn) {
+            return Ok(h);
+        }
+        let _one = self.reopening.lock().await;
+        if let Some(h) = self.current(conn) {
+            return Ok(h);
+        }
+        if self.open.lock().unwrap().is_none() {
+            return Err(russh_sftp::client::error::Error::Status(
+                russh_sftp::protocol::Status {
+                    id: 0,
+                    status_code: StatusCode::Failure,
+                    error_message: "file already closed".into(),
+                    language_tag: String::new(),
+                },
+            ));
+        }
+        tracing::debug!(path = %self.path, "reopening file after reconnect");
+        let h = open_on(conn, &self.path, self.reopen_flags, FileAttributes::empty()).await?;
+        *self.open.lock().unwrap() = Some(h.clone());
+        Ok(h)
+    }
+
+    fn current(&self, conn: &Conn) -> Option<OpenHandle> {
+        match &*self.open.lock().unwrap() {
+            Some(h) if h.generation == conn.generation => Some(h.clone()),
+            _ => None,
+        }
+    }
+
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(OpenHandle) -> Fut,
+        Fut: Future<Output = RawResult<T>>,
+    {
+        self.sftp
+            .retry(|conn| {
+                let f = &f;
+                async move { f(self.handle_on(&conn).await?).await }
+            })
+            .await
+    }
+
     /// Reads up to `len` bytes at `offset` (split into pipelined MAX_IO requests). Returns fewer
     /// bytes only at end of file.
-    pub async fn read(&self, _offset: u64, _len: u32) -> Result<Vec<u8>, Error> {
-        todo!()
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
+        let len = len as u64;
+        let chunks = (0..len.div_ceil(MAX_IO as u64)).map(|i| {
+            let start = i * MAX_IO as u64;
+            let n = (len - start).min(MAX_IO as u64) as u32;
+            self.read_chunk(offset + start, n)
+        });
+        let parts = futures::future::join_all(chunks).await;
+        let mut out = Vec::with_capacity(len as usize);
+        for part in parts {
+            let part = part?;
+            let full = part.len() == MAX_IO;
+            out.extend_from_slice(&part);
+            if !full {
+                break; // end of file
+            }
+        }
+        self.sftp
+            .inner
+            .bytes_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// One chunk, topped up if the server answers short before end of file.
+    async fn read_chunk(&self, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
+        let mut buf = Vec::new();
+        while buf.len() < len as usize {
+            let at = offset + buf.len() as u64;
+            let want = len - buf.len() as u32;
+            let data = self
+                .call(|h| async move {
+                    match h.session.raw.read(h.handle.as_str(), at, want).await {
+                        Ok(d) => Ok(d.data),
+                        Err(russh_sftp::client::error::Error::Status(st))
+                            if st.status_code == StatusCode::Eof =>
+                        {
+                            Ok(Vec::new())
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+                .await?;
+            if data.is_empty() {
+                break;
+            }
+            if buf.is_empty() && data.len() == len as usize {
+                return Ok(data);
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf)
     }
 
     /// Writes all of `data` at `offset` (split into pipelined MAX_IO requests).
-    pub async fn write(&self, _offset: u64, _data: &[u8]) -> Result<(), Error> {
-        todo!()
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let chunks = data.chunks(MAX_IO).enumerate().map(|(i, chunk)| {
+            let at = offset + (i * MAX_IO) as u64;
+            self.call(move |h| async move {
+                h.session
+                    .raw
+                    .write(h.handle.as_str(), at, chunk.to_vec())
+                    .await
+                    .map(drop)
+            })
+        });
+        for r in futures::future::join_all(chunks).await {
+            r?;
+        }
+        self.sftp
+            .inner
+            .bytes_written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     pub async fn fstat(&self) -> Result<FileAttributes, Error> {
-        todo!()
+        self.call(|h| async move {
+            h.session
+                .raw
+                .fstat(h.handle.as_str())
+                .await
+                .map(|a| a.attrs)
+        })
+        .await
     }
 
-    pub async fn fsetstat(&self, _attrs: FileAttributes) -> Result<(), Error> {
-        todo!()
+    pub async fn fsetstat(&self, attrs: FileAttributes) -> Result<(), Error> {
+        self.call(|h| {
+            let attrs = attrs.clone();
+            async move {
+                h.session
+                    .raw
+                    .fsetstat(h.handle.as_str(), attrs)
+                    .await
+                    .map(drop)
+            }
+        })
+        .await
     }
 
     /// fsync@openssh.com.
     pub async fn fsync(&self) -> Result<(), Error> {
-        todo!()
+        self.call(|h| async move { h.session.raw.fsync(h.handle.as_str()).await.map(drop) })
+            .await
     }
 
     /// Closes the remote handle. Errors the server reports on close are returned.
     pub async fn close(&self) -> Result<(), Error> {
-        todo!()
+        let Some(h) = self.open.lock().unwrap().take() else {
+            return Ok(());
+        };
+        // A handle from a dead connection is gone with it; nothing to close.
+        let live = matches!(&*self.sftp.inner.slot.borrow(),
+            Slot::Up(c) if c.generation == h.generation && !c.ssh.is_closed());
+        if !live {
+            return Ok(());
+        }
+        h.session
+            .raw
+            .close(h.handle.as_str())
+            .await
+            .map(drop)
+            .map_err(from_raw)
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        // A File dropped without close() still frees its remote handle.
+        let Some(h) = self.open.get_mut().unwrap().take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = h.session.raw.close(h.handle.as_str()).await;
+            });
+        }
     }
 }

@@ -1,7 +1,19 @@
 //! The SSH connection: TCP connect, algorithm choice, host-key verification (via `hostkey`),
 //! authentication, keepalives, and SFTP channels on top.
 
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{MethodSet, cipher, compression};
+use russh_sftp::client::RawSftpSession;
+
+use crate::hostkey::{self, Verdict};
+use crate::options::{KNOWN_CIPHERS, MountOptions};
+use crate::secret::Secret;
 
 /// Why a connection could not be made. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +36,429 @@ pub enum ConnectError {
     },
     #[error("cannot use the private key {path}: {reason}")]
     Key { path: String, reason: String },
+    #[error("cannot read the password file {path}: {reason}")]
+    PasswordFile { path: String, reason: String },
     #[error("the remote path '{path}' {reason}. Create it on the server or fix the path in sshcmd")]
     RemotePath { path: String, reason: String },
     #[error("SSH protocol error: {0}")]
     Protocol(String),
+}
+
+/// Window and packet sizes: throughput over a long link is bounded by window / RTT, so the
+/// window is large (16 MiB: ~1.6 GB/s at 10 ms); 256 KiB packets cut per-packet overhead.
+const WINDOW: u32 = 16 * 1024 * 1024;
+const MAX_PACKET: u32 = 256 * 1024;
+
+/// The russh client handler: checks the host key and remembers what it saw.
+struct Client {
+    policy: hostkey::Policy,
+    seen: Arc<Mutex<HostKeySeen>>,
+}
+
+#[derive(Default)]
+struct HostKeySeen {
+    fingerprint: Option<String>,
+    refused: Option<String>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // We advertise no certificate algorithms, so a server never sends one.
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        let mut seen = self.seen.lock().unwrap();
+        seen.fingerprint = Some(hostkey::fingerprint(key));
+        match hostkey::check(&self.policy, key) {
+            Verdict::Known | Verdict::New => Ok(true),
+            Verdict::Refused(msg) => {
+                seen.refused = Some(msg);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// An authenticated SSH connection.
+pub struct Connection {
+    handle: Handle<Client>,
+    fingerprint: String,
+}
+
+impl Connection {
+    /// SHA256 fingerprint of the server's host key.
+    pub fn host_key_fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// True once the transport is gone (server closed it, keepalives unanswered, ...).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Opens a channel running the `sftp` subsystem and completes the SFTP handshake.
+    /// Also says whether the server offers posix-rename@openssh.com.
+    pub async fn open_sftp(
+        &self,
+        request_timeout: Duration,
+    ) -> Result<(RawSftpSession, bool), String> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| format!("cannot open an SSH channel: {e}"))?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| format!("the server refused the sftp subsystem: {e}"))?;
+        let cfg = russh_sftp::client::Config {
+            request_timeout_secs: request_timeout.as_secs().max(1),
+            ..Default::default()
+        };
+        let session = RawSftpSession::new_with_config(channel.into_stream(), cfg);
+        let version = session.init().await.map_err(|e| {
+            format!("the SFTP handshake failed: {e}. Is the sftp subsystem enabled on the server?")
+        })?;
+        let posix_rename = version.extensions.contains_key("posix-rename@openssh.com");
+        if !posix_rename {
+            tracing::warn!("server lacks posix-rename@openssh.com; rename over a file may fail");
+        }
+        Ok((session, posix_rename))
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "unmounted", "en")
+            .await;
+    }
+}
+
+/// Connects and authenticates. `pinned` is the fingerprint the key must have, if any.
+pub async fn connect(opts: &MountOptions) -> Result<Connection, ConnectError> {
+    let timeout = opts.connect_timeout;
+    match tokio::time::timeout(timeout, connect_inner(opts)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+    }
+}
+
+async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> {
+    let host = opts.remote.host.clone();
+    let addr = if host.contains(':') {
+        format!("[{host}]:{}", opts.port)
+    } else {
+        format!("{host}:{}", opts.port)
+    };
+    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), opts.port))
+        .await
+        .map_err(|e| ConnectError::Resolve {
+            host: host.clone(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    let mut last_err = None;
+    let mut socket = None;
+    for a in addrs {
+        match tokio::net::TcpStream::connect(a).await {
+            Ok(s) => {
+                socket = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let socket = socket.ok_or_else(|| ConnectError::Tcp {
+        addr: addr.clone(),
+        reason: last_err.map_or("no address found".into(), |e| e.to_string()),
+    })?;
+    let _ = socket.set_nodelay(true);
+
+    let policy = hostkey::Policy {
+        host: host.clone(),
+        port: opts.port,
+        strict: opts.strict_host_key_checking,
+        pinned: opts.hostkey.clone(),
+        known_hosts: opts
+            .known_hosts_file
+            .clone()
+            .or_else(hostkey::default_known_hosts),
+        learn: opts.learn_host_keys,
+    };
+    let seen = Arc::new(Mutex::new(HostKeySeen::default()));
+    let handler = Client {
+        policy,
+        seen: seen.clone(),
+    };
+    let config = Arc::new(client_config(opts));
+    let mut handle = match client::connect_stream(config, socket, handler).await {
+        Ok(h) => h,
+        Err(e) => {
+            if let Some(msg) = seen.lock().unwrap().refused.take() {
+                return Err(ConnectError::HostKey(msg));
+            }
+            return Err(ConnectError::Protocol(format!(
+                "{e} (while talking to {addr}; is it an SSH server?)"
+            )));
+        }
+    };
+    let fingerprint = seen.lock().unwrap().fingerprint.clone().unwrap_or_default();
+
+    let user = opts.remote.login(&default_user());
+    authenticate(&mut handle, opts, &user).await?;
+    Ok(Connection {
+        handle,
+        fingerprint,
+    })
+}
+
+fn client_config(opts: &MountOptions) -> client::Config {
+    let ciphers: Vec<cipher::Name> = if opts.ciphers.is_empty() {
+        KNOWN_CIPHERS.to_vec()
+    } else {
+        opts.ciphers.iter().map(String::as_str).collect()
+    }
+    .into_iter()
+    .filter_map(|c| cipher::Name::try_from(c).ok())
+    .collect();
+    let compression: Vec<compression::Name> = if opts.compression {
+        vec![
+            compression::ZLIB_LEGACY,
+            compression::ZLIB,
+            compression::NONE,
+        ]
+    } else {
+        vec![compression::NONE]
+    };
+    let keepalive = (!opts.server_alive_interval.is_zero()).then_some(opts.server_alive_interval);
+    client::Config {
+        window_size: WINDOW,
+        maximum_packet_size: MAX_PACKET,
+        keepalive_interval: keepalive,
+        keepalive_max: opts.server_alive_count_max as usize,
+        nodelay: true,
+        preferred: russh::Preferred {
+            cipher: Cow::Owned(ciphers),
+            compression: Cow::Owned(compression),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The local login name, as ssh uses when sshcmd has no `user@`.
+fn default_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "root".to_string())
+}
+
+/// Keys first (explicit ones, or ssh's default key files), then the password, like ssh.
+async fn authenticate(
+    handle: &mut Handle<Client>,
+    opts: &MountOptions,
+    user: &str,
+) -> Result<(), ConnectError> {
+    let auth_err = |detail: String| ConnectError::Auth {
+        user: user.to_string(),
+        host: opts.remote.host.clone(),
+        detail,
+    };
+    let password = match (&opts.password, &opts.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => Some(read_password_file(path)?),
+        (None, None) => None,
+    };
+
+    let explicit = !opts.identity_files.is_empty();
+    let key_files: Vec<PathBuf> = if explicit {
+        opts.identity_files.clone()
+    } else {
+        default_key_files()
+    };
+    let mut tried = Vec::new();
+    let mut methods: Option<MethodSet> = None;
+    for path in &key_files {
+        let key = match russh::keys::load_secret_key(
+            path,
+            opts.passphrase.as_ref().map(Secret::expose),
+        ) {
+            Ok(k) => k,
+            Err(e) => {
+                if explicit {
+                    return Err(key_error(path, &e, opts.passphrase.is_some()));
+                }
+                tracing::debug!(key = %path.display(), error = %e, "skipping default key");
+                continue;
+            }
+        };
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?
+            .flatten();
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+        let res = handle
+            .authenticate_publickey(user, key)
+            .await
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+        match res {
+            russh::client::AuthResult::Success => return Ok(()),
+            russh::client::AuthResult::Failure {
+                remaining_methods, ..
+            } => {
+                tried.push(path.display().to_string());
+                methods = Some(remaining_methods);
+            }
+        }
+    }
+
+    if let Some(pw) = &password {
+        let res = handle
+            .authenticate_password(user, pw.expose())
+            .await
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+        if res.success() {
+            return Ok(());
+        }
+        // Servers with PAM often only offer keyboard-interactive for passwords.
+        if keyboard_interactive(handle, user, pw).await? {
+            return Ok(());
+        }
+        let what = if tried.is_empty() {
+            String::new()
+        } else {
+            format!(" (and the key(s) {} were not accepted)", tried.join(", "))
+        };
+        return Err(auth_err(format!(
+            "the server rejected the password{what}. Check the password option and the user name"
+        )));
+    }
+
+    if tried.is_empty() {
+        if methods.is_none() {
+            // Ask what the server accepts so the message can be specific.
+            if let Ok(russh::client::AuthResult::Failure {
+                remaining_methods, ..
+            }) = handle.authenticate_none(user).await
+            {
+                methods = Some(remaining_methods);
+            } else if handle.is_closed() {
+                return Err(auth_err("the server closed the connection".into()));
+            } else {
+                return Ok(()); // "none" succeeded: the server needs no credentials.
+            }
+        }
+        return Err(auth_err(format!(
+            "no password or key given (the server accepts: {}). Add -o password=..., \
+             -o password_file=... or -o IdentityFile=/path/to/key",
+            describe(methods)
+        )));
+    }
+    Err(auth_err(format!(
+        "the server rejected the key(s) {} (it accepts: {}). Add the public key to the user's \
+         authorized_keys, or give -o password=...",
+        tried.join(", "),
+        describe(methods)
+    )))
+}
+
+async fn keyboard_interactive(
+    handle: &mut Handle<Client>,
+    user: &str,
+    pw: &Secret,
+) -> Result<bool, ConnectError> {
+    use russh::client::KeyboardInteractiveAuthResponse as R;
+    let proto = |e: russh::Error| ConnectError::Protocol(e.to_string());
+    let mut res = handle
+        .authenticate_keyboard_interactive_start(user, None::<String>)
+        .await
+        .map_err(proto)?;
+    // A password prompt is answered once; anything more elaborate (OTP, ...) is not ours to answer.
+    for _ in 0..3 {
+        match res {
+            R::Success => return Ok(true),
+            R::Failure { .. } => return Ok(false),
+            R::InfoRequest { prompts, .. } => {
+                let answers = prompts.iter().map(|_| pw.expose().to_string()).collect();
+                res = handle
+                    .authenticate_keyboard_interactive_respond(answers)
+                    .await
+                    .map_err(proto)?;
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn describe(methods: Option<MethodSet>) -> String {
+    match methods {
+        Some(m) => {
+            let names: Vec<String> = m.iter().map(|x| String::from(<&str>::from(x))).collect();
+            if names.is_empty() {
+                "nothing".into()
+            } else {
+                names.join(", ")
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+fn key_error(path: &Path, e: &russh::keys::Error, have_passphrase: bool) -> ConnectError {
+    let reason = match e {
+        russh::keys::Error::KeyIsEncrypted => {
+            "the key is encrypted: give its passphrase with -o passphrase=...".to_string()
+        }
+        russh::keys::Error::IO(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            "no such file (in the plugin, keys live in the sshkey mount: \
+             docker plugin set vendor/sshfs sshkey.source=/path/to/.ssh)"
+                .to_string()
+        }
+        _ if have_passphrase => format!("{e} (is the passphrase right?)"),
+        _ => e.to_string(),
+    };
+    ConnectError::Key {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+fn default_key_files() -> Vec<PathBuf> {
+    let Some(home) = std::env::var_os("HOME") else {
+        return Vec::new();
+    };
+    let ssh = Path::new(&home).join(".ssh");
+    ["id_ed25519", "id_ecdsa", "id_rsa"]
+        .iter()
+        .map(|n| ssh.join(n))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn read_password_file(path: &Path) -> Result<Secret, ConnectError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConnectError::PasswordFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(ConnectError::PasswordFile {
+            path: path.display().to_string(),
+            reason: "the file is empty; put the password on its first line".into(),
+        });
+    }
+    Ok(Secret::new(line))
 }
