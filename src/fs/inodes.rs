@@ -1,0 +1,345 @@
+//! The inode table: which remote path each inode number stands for, how many lookups the kernel
+//! holds on it, and what we cache about it (attributes, and for directories which names exist).
+//!
+//! Inode numbers are never reused. A rename moves the entry (and everything below it) so open
+//! files and cached dentries keep their inode; an unlinked or replaced entry stays as an orphan
+//! without a path until the kernel forgets it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Instant, SystemTime};
+
+use crate::sftp::FileAttributes;
+
+pub const ROOT: u64 = 1;
+
+#[derive(Debug)]
+pub struct Node {
+    /// Path relative to the mount root ("" for the root); `None` once unlinked or replaced.
+    pub path: Option<String>,
+    pub nlookup: u64,
+    /// Raw attributes as the server last reported them (or as our own changes made them).
+    pub attrs: Option<FileAttributes>,
+    /// Until when `attrs` may be served without asking the server.
+    pub fresh_until: Option<Instant>,
+    /// Set when we changed the inode's metadata: shown ctime is at least this.
+    pub ctime_floor: Option<SystemTime>,
+    /// For directories: the complete set of names, valid until the instant (answers negative
+    /// lookups without a round trip, e.g. while unpacking into a directory we just listed or
+    /// created).
+    pub listing: Option<(HashSet<String>, Instant)>,
+}
+
+impl Node {
+    fn new(path: String) -> Node {
+        Node {
+            path: Some(path),
+            nlookup: 0,
+            attrs: None,
+            fresh_until: None,
+            ctime_floor: None,
+            listing: None,
+        }
+    }
+
+    pub fn fresh_attrs(&self, now: Instant) -> Option<&FileAttributes> {
+        match (self.fresh_until, &self.attrs) {
+            (Some(until), Some(a)) if until > now => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Forgets that the cached attributes are current (their values stay, to fill in fields a
+    /// partial setattr must still send).
+    pub fn stale(&mut self) {
+        self.fresh_until = None;
+    }
+}
+
+pub fn child_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+#[derive(Debug)]
+pub struct Inodes {
+    nodes: HashMap<u64, Node>,
+    by_path: BTreeMap<String, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inodes {
+    pub fn new() -> Inodes {
+        let mut nodes = HashMap::new();
+        let mut root = Node::new(String::new());
+        root.nlookup = 1;
+        nodes.insert(ROOT, root);
+        let mut by_path = BTreeMap::new();
+        by_path.insert(String::new(), ROOT);
+        Inodes {
+            nodes,
+            by_path,
+            next: ROOT + 1,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    pub fn path(&self, ino: u64) -> Option<String> {
+        self.nodes.get(&ino)?.path.clone()
+    }
+
+    pub fn ino_of(&self, path: &str) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
+    pub fn node_at(&mut self, path: &str) -> Option<&mut Node> {
+        let ino = *self.by_path.get(path)?;
+        self.nodes.get_mut(&ino)
+    }
+
+    /// The inode for `path`, created (with no lookups counted) if needed.
+    pub fn ensure(&mut self, path: &str) -> u64 {
+        if let Some(ino) = self.by_path.get(path) {
+            return *ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(ino, Node::new(path.to_string()));
+        self.by_path.insert(path.to_string(), ino);
+        ino
+    }
+
+    /// Counts one kernel lookup of `path` and records its attributes; returns the inode.
+    pub fn looked_up(&mut self, path: &str, attrs: FileAttributes, fresh: Option<Instant>) -> u64 {
+        let ino = self.ensure(path);
+        let node = self.nodes.get_mut(&ino).expect("just ensured");
+        node.nlookup += 1;
+        node.attrs = Some(attrs);
+        node.fresh_until = fresh;
+        ino
+    }
+
+    /// Drops a node nobody holds (e.g. made for a readdirplus entry that did not fit).
+    pub fn drop_if_unused(&mut self, ino: u64) {
+        if ino != ROOT && self.nodes.get(&ino).is_some_and(|n| n.nlookup == 0) {
+            self.remove(ino);
+        }
+    }
+
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.nlookup = node.nlookup.saturating_sub(n);
+        if node.nlookup == 0 {
+            self.remove(ino);
+        }
+    }
+
+    fn remove(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.remove(&ino)
+            && let Some(p) = node.path
+            && self.by_path.get(&p) == Some(&ino)
+        {
+            self.by_path.remove(&p);
+        }
+    }
+
+    /// The entry at `path` is gone (unlinked, removed, or replaced by a rename): its inode, and
+    /// those of anything below it, become orphans.
+    pub fn detach(&mut self, path: &str) {
+        for p in self.subtree(path) {
+            if let Some(ino) = self.by_path.remove(&p)
+                && let Some(node) = self.nodes.get_mut(&ino)
+            {
+                node.path = None;
+                if node.nlookup == 0 {
+                    self.nodes.remove(&ino);
+                }
+            }
+        }
+    }
+
+    /// Moves `from` (and everything below it) to `to`, replacing whatever was at `to`.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if from == to {
+            return;
+        }
+        self.detach(to);
+        for old in self.subtree(from) {
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(ino) = self.by_path.remove(&old) {
+                if let Some(node) = self.nodes.get_mut(&ino) {
+                    node.path = Some(new.clone());
+                }
+                self.by_path.insert(new, ino);
+            }
+        }
+    }
+
+    /// `path` and every known path below it.
+    fn subtree(&self, path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.by_path.contains_key(path) {
+            out.push(path.to_string());
+        }
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        out.extend(
+            self.by_path
+                .range(prefix.clone()..)
+                .take_while(|(p, _)| p.starts_with(&prefix))
+                .filter(|(p, _)| !p.is_empty())
+                .map(|(p, _)| p.clone()),
+        );
+        out
+    }
+
+    /// Whether a fresh complete listing of the directory `dir` says `name` does not exist.
+    pub fn known_absent(&self, dir: u64, name: &str, now: Instant) -> bool {
+        match self.nodes.get(&dir).and_then(|n| n.listing.as_ref()) {
+            Some((names, until)) if *until > now => !names.contains(name),
+            _ => false,
+        }
+    }
+
+    /// Keeps a directory's cached listing (if any) in step with a change we made: a name
+    /// appeared or disappeared. Also marks the directory's own attributes (mtime) stale.
+    pub fn dir_changed(&mut self, dir_path: &str, added: Option<&str>, removed: Option<&str>) {
+        let Some(node) = self.node_at(dir_path) else {
+            return;
+        };
+        node.stale();
+        if let Some((names, _)) = node.listing.as_mut() {
+            if let Some(r) = removed {
+                names.remove(r);
+            }
+            if let Some(a) = added {
+                names.insert(a.to_string());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a() -> FileAttributes {
+        FileAttributes::default()
+    }
+
+    #[test]
+    fn lookup_forget_cycle() {
+        let mut t = Inodes::new();
+        let x = t.looked_up("x", a(), None);
+        assert_eq!(t.looked_up("x", a(), None), x);
+        assert_eq!(t.get(x).unwrap().nlookup, 2);
+        t.forget(x, 1);
+        assert_eq!(t.ino_of("x"), Some(x));
+        t.forget(x, 1);
+        assert_eq!(t.ino_of("x"), None);
+        assert!(t.get(x).is_none());
+        let y = t.looked_up("x", a(), None);
+        assert_ne!(x, y, "inode numbers are not reused");
+        t.forget(ROOT, 100);
+        assert!(t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn rename_moves_subtree_and_orphans_target() {
+        let mut t = Inodes::new();
+        let d = t.looked_up("d", a(), None);
+        let f = t.looked_up("d/f", a(), None);
+        let g = t.looked_up("d/sub/g", a(), None);
+        let other = t.looked_up("dx", a(), None);
+        let target = t.looked_up("e", a(), None);
+        t.rename("d", "e");
+        assert_eq!(t.path(d).as_deref(), Some("e"));
+        assert_eq!(t.path(f).as_deref(), Some("e/f"));
+        assert_eq!(t.path(g).as_deref(), Some("e/sub/g"));
+        assert_eq!(
+            t.path(other).as_deref(),
+            Some("dx"),
+            "siblings sharing a prefix stay"
+        );
+        assert_eq!(t.path(target), None, "the replaced entry is an orphan");
+        assert_eq!(t.ino_of("e"), Some(d));
+        assert_eq!(t.ino_of("d/f"), None);
+        t.forget(target, 1);
+        assert!(t.get(target).is_none());
+        // Forgetting an orphan must not remove the new owner of its old path.
+        assert_eq!(t.ino_of("e"), Some(d));
+    }
+
+    #[test]
+    fn detach_keeps_inode_until_forgotten() {
+        let mut t = Inodes::new();
+        let f = t.looked_up("f", a(), None);
+        t.detach("f");
+        assert!(t.get(f).is_some());
+        assert_eq!(t.ino_of("f"), None);
+        let f2 = t.looked_up("f", a(), None);
+        assert_ne!(f, f2);
+        t.forget(f, 1);
+        assert_eq!(t.ino_of("f"), Some(f2));
+    }
+
+    #[test]
+    fn unused_nodes_are_dropped() {
+        let mut t = Inodes::new();
+        let x = t.ensure("x");
+        t.drop_if_unused(x);
+        assert!(t.get(x).is_none());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn listings_answer_negative_lookups() {
+        let mut t = Inodes::new();
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(5);
+        t.get_mut(ROOT).unwrap().listing = Some((HashSet::from(["a".to_string()]), later));
+        assert!(t.known_absent(ROOT, "b", now));
+        assert!(!t.known_absent(ROOT, "a", now));
+        t.dir_changed("", Some("b"), Some("a"));
+        assert!(!t.known_absent(ROOT, "b", now));
+        assert!(t.known_absent(ROOT, "a", now));
+        assert!(
+            !t.known_absent(ROOT, "a", later),
+            "expired listings say nothing"
+        );
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(child_path("", "a"), "a");
+        assert_eq!(child_path("a", "b"), "a/b");
+    }
+}
