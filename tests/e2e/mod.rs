@@ -361,6 +361,23 @@ impl Ctx {
         guard
     }
 
+    /// `docker volume rm NAME`. Retries for a few seconds while dockerd itself still counts a
+    /// just-exited `--rm` container as a user ("volume is in use"); an error from the plugin is
+    /// returned at once.
+    pub fn rm_volume(&self, name: &str) -> Out {
+        let mut out = docker(&["volume", "rm", name]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !out.success()
+            && out.stderr.contains("volume is in use")
+            && !out.stderr.contains("VolumeDriver")
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(300));
+            out = docker(&["volume", "rm", name]);
+        }
+        out
+    }
+
     /// Password volume on a fresh remote dir.
     pub fn password_volume(&self, tag: &str) -> (Volume, RemoteDir) {
         let dir = self.remote_dir(tag);
