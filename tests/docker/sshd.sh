@@ -60,6 +60,9 @@ up)
     prepare_dirs
     # A container of that name from another checkout or an older run would make compose fail.
     docker rm -f "$SSHFS_TEST_SSHD_CONTAINER" >/dev/null 2>&1 || true
+    if timeout 2 bash -c "exec 3<>/dev/tcp/$SSHFS_TEST_HOST/$SSHFS_TEST_PORT" 2>/dev/null; then
+        die "port $SSHFS_TEST_HOST:$SSHFS_TEST_PORT is already taken by another process: choose a free one with SSHFS_TEST_PORT=..."
+    fi
     compose up -d --force-recreate sshd
     wait_ready
     ;;
