@@ -442,6 +442,8 @@ fn state_source_changed() {
     fs::create_dir_all(&state).unwrap();
     // World-readable on purpose: the plugin must protect its own files.
     fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    // Declared before the settings guard: removed after the plugin went back to its old state dir.
+    let _state_dir = e2e::RemoveDir(state.clone());
     let _settings = ctx.plugin_settings(&[("state.source", state.display().to_string())]);
 
     let (vol, dir) = ctx.password_volume("state");

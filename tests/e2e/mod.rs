@@ -556,6 +556,15 @@ pub struct RemoteDir {
     pub remote: String,
 }
 
+/// Removes a host directory (recursively) on drop.
+pub struct RemoveDir(pub PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Removes the volume on drop (`docker volume rm -f`), failures ignored.
 pub struct Volume {
     pub name: String,
