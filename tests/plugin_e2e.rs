@@ -504,6 +504,63 @@ fn key_auth_via_sshkey_source() {
     drop(vol);
 }
 
+/// `docker plugin set DEBUG=1`: the plugin keeps working, logs the volume's Docker calls, and
+/// never logs the password. The log check needs dockerd's log file (SSHFS_DOCKERD_LOG, which
+/// tests/run.sh finds); without it only the first part is checked.
+#[test]
+fn debug_setting_logs_without_secrets() {
+    let Some(ctx) = setup("debug_setting_logs_without_secrets", Kind::Exclusive) else {
+        return;
+    };
+    let log_file = std::env::var("SSHFS_DOCKERD_LOG").ok().filter(|f| !f.is_empty());
+    let log_start = log_file
+        .as_ref()
+        .and_then(|f| fs::metadata(f).ok())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let _settings = ctx.plugin_settings(&[("DEBUG", "1".to_string())]);
+    let id = ctx.plugin_id();
+
+    let (vol, dir) = ctx.password_volume("debug");
+    ctx.run_ok(vol.as_str(), &[], "echo debug > /data/d");
+    ctx.assert_server_file(&dir, "d", "debug\n");
+    // A failing mount too: error paths must not leak the secret either.
+    let secret = "Secret-Debug-Pw-9f3e1";
+    let bad = ctx.volume(
+        "debugbad",
+        &[
+            format!("sshcmd={}", ctx.sshcmd(&dir.remote)),
+            format!("password={secret}"),
+            format!("port={}", ctx.cfg.port),
+        ],
+    );
+    let out = ctx.run(bad.as_str(), &[], "true").fails("mount with a wrong password");
+    assert_not_mentions(&out.text(), secret, "mount error with DEBUG=1");
+    let inspect = docker(&["volume", "inspect", "-f", "{{json .Status}}", bad.as_str()])
+        .ok("volume inspect");
+    assert_not_mentions(&inspect.stdout, secret, "Status with DEBUG=1");
+
+    let Some(log_file) = log_file else {
+        eprintln!("note: SSHFS_DOCKERD_LOG not set: the plugin's log was not checked");
+        return;
+    };
+    // dockerd writes plugin output asynchronously.
+    thread::sleep(Duration::from_secs(1));
+    let bytes = fs::read(&log_file).unwrap_or_else(|e| panic!("reading {log_file}: {e}"));
+    let new = String::from_utf8_lossy(&bytes[(log_start as usize).min(bytes.len())..]).into_owned();
+    let ours: Vec<&str> = new.lines().filter(|l| l.contains(&id)).collect();
+    let joined = ours.join("\n");
+    assert!(
+        ours.iter().any(|l| l.contains(vol.as_str())),
+        "with DEBUG=1 the plugin's log (in {log_file}, tagged {id}) should name the volume {}; got {} lines:\n{}",
+        vol.name,
+        ours.len(),
+        ours.iter().rev().take(30).rev().cloned().collect::<Vec<_>>().join("\n")
+    );
+    assert_not_mentions(&joined, secret, "plugin log with DEBUG=1");
+    assert_not_mentions(&joined, &ctx.cfg.password, "plugin log with DEBUG=1");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Compose and swarm (issue 6)
 

@@ -80,8 +80,19 @@ fi
 [[ "$(docker plugin inspect -f '{{.Enabled}}' "$SSHFS_PLUGIN" 2>/dev/null)" == true ]] ||
     die "plugin $SSHFS_PLUGIN is not installed and enabled"
 
+# dockerd's log carries the plugin's output; the DEBUG test checks it for secrets. Find it when
+# dockerd writes to a plain file (as .ci/run starts it).
+if [[ -z ${SSHFS_DOCKERD_LOG:-} ]]; then
+    dockerd_pid=$(pidof dockerd 2>/dev/null | cut -d' ' -f1 || true)
+    if [[ -n $dockerd_pid && -f "$(readlink -f "/proc/$dockerd_pid/fd/2" 2>/dev/null)" ]]; then
+        SSHFS_DOCKERD_LOG=$(readlink -f "/proc/$dockerd_pid/fd/2")
+        export SSHFS_DOCKERD_LOG
+    fi
+fi
+
 log "starting the test SSH server"
 tests/docker/sshd.sh up
 
-log "running cargo test --release $*"
-cargo test --release "$@"
+log "running cargo test --release --no-fail-fast $*"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --release --no-fail-fast "$@"

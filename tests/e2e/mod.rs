@@ -493,15 +493,41 @@ impl Ctx {
         .to_string()
     }
 
+    /// Current value of a plugin environment setting (`DEBUG`).
+    pub fn plugin_env(&self, name: &str) -> String {
+        let out = docker(&[
+            "plugin",
+            "inspect",
+            "-f",
+            "{{range .Settings.Env}}{{println .}}{{end}}",
+            self.cfg.plugin.as_str(),
+        ])
+        .ok(&format!("reading the plugin's {name}"));
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("the plugin has no setting {name}: {}", out.stdout))
+    }
+
+    /// The plugin's id (dockerd tags the plugin's log lines with `plugin=<id>`).
+    pub fn plugin_id(&self) -> String {
+        docker(&["plugin", "inspect", "-f", "{{.Id}}", self.cfg.plugin.as_str()])
+            .ok("plugin id")
+            .stdout
+            .trim()
+            .to_string()
+    }
+
     /// Disables the plugin (forced: our volumes may exist), applies `settings` (`key=value`),
     /// enables it again. The returned guard restores the previous values the same way.
     pub fn plugin_settings(&self, settings: &[(&str, String)]) -> PluginSettings {
         let mut restore = Vec::new();
         for (key, _) in settings {
-            let mount = key
-                .strip_suffix(".source")
-                .unwrap_or_else(|| panic!("only mount sources are supported, not {key}"));
-            restore.push((key.to_string(), self.plugin_mount_source(mount)));
+            let old = match key.strip_suffix(".source") {
+                Some(mount) => self.plugin_mount_source(mount),
+                None => self.plugin_env(key),
+            };
+            restore.push((key.to_string(), old));
         }
         let guard = PluginSettings {
             plugin: self.cfg.plugin.clone(),
