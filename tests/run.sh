@@ -48,7 +48,9 @@ cleanup_owned() {
     fi
     rm -f "$SSHFS_TEST_DIR/swarm-created-by-e2e"
     docker ps -aq --filter label=org.sshfs-test.e2e | xargs -r docker rm -f >/dev/null 2>&1 || true
-    docker volume ls -q | grep '^sshfs-e2e-' | xargs -r docker volume rm -f >/dev/null 2>&1 || true
+    # Only volumes of the plugin under test: others may share this machine and the prefix.
+    docker volume ls -q --filter "driver=$SSHFS_PLUGIN" | grep '^sshfs-e2e-' |
+        xargs -r docker volume rm -f >/dev/null 2>&1 || true
 }
 
 teardown() {
