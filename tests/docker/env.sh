@@ -5,6 +5,8 @@
 
 # The plugin under test (as installed by ./build-rootfs.sh --install NAME).
 export SSHFS_PLUGIN=${SSHFS_PLUGIN:-vendor/sshfs:latest}
+# Docker names volumes' driver with the tag: make the name comparable.
+case $SSHFS_PLUGIN in *:*) ;; *) SSHFS_PLUGIN=$SSHFS_PLUGIN:latest ;; esac
 # The test SSH server: host networking, loopback only.
 export SSHFS_TEST_HOST=127.0.0.1
 export SSHFS_TEST_PORT=${SSHFS_TEST_PORT:-2222}
