@@ -793,6 +793,88 @@ mod tests {
         assert!(mount_dir_name("vol").starts_with("vol-"));
     }
 
+    fn temp_driver(tag: &str) -> (Arc<Driver>, PathBuf) {
+        let d = std::env::temp_dir().join(format!("dvs-driver-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let store = Store::open(&d.join("state")).unwrap();
+        (Driver::new(store, d.join("volumes")), d)
+    }
+
+    fn opts(items: &[(&str, &str)]) -> BTreeMap<String, String> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn create_get_list_remove_without_a_server() {
+        let (drv, dir) = temp_driver("lifecycle");
+        let o = opts(&[
+            ("sshcmd", "u@h:/srv"),
+            ("password", "hunter2"),
+            ("port", "2222"),
+        ]);
+        drv.create("v", o.clone()).await.unwrap();
+        drv.create("v", o).await.unwrap();
+        let e = drv
+            .create("v", opts(&[("sshcmd", "u@h:/other")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DriverError::Exists(_)), "{e}");
+
+        let info = drv.get("v").unwrap();
+        let shown = serde_json::to_string(&info).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(r#""remote":"u@h:/srv""#) && shown.contains(r#""state":"idle""#));
+        assert!(info.created_at.is_some());
+        assert_eq!(drv.list().unwrap().len(), 1);
+        assert_eq!(
+            drv.path("v").unwrap(),
+            dir.join("volumes").join(mount_dir_name("v"))
+        );
+
+        // Unmounting an ID that was never counted changes nothing and does not fail.
+        drv.unmount("v", "never-mounted").await.unwrap();
+        drv.remove("v").await.unwrap();
+        assert!(matches!(drv.get("v"), Err(DriverError::NotFound(_))));
+        // Removing again (dockerd and the plugin disagree) is not an error.
+        drv.remove("v").await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn remove_never_deletes_files_in_the_mount_directory() {
+        let (drv, dir) = temp_driver("rmdir");
+        drv.create("v", opts(&[("sshcmd", "h:/x")])).await.unwrap();
+        let mp = drv.path("v").unwrap();
+        std::fs::create_dir_all(&mp).unwrap();
+        std::fs::write(mp.join("keep"), b"data").unwrap();
+        drv.remove("v").await.unwrap();
+        assert_eq!(std::fs::read(mp.join("keep")).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_options_and_names_are_refused_at_create() {
+        let (drv, dir) = temp_driver("refuse");
+        let e = drv.create("v", opts(&[])).await.unwrap_err().to_string();
+        assert!(e.contains("missing option sshcmd"), "{e}");
+        let e = drv
+            .create("v", opts(&[("sshcmd", "h:/x"), ("password_stdin", "")]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_file"), "{e}");
+        let e = drv
+            .create("../x", opts(&[("sshcmd", "h:/x")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DriverError::BadName { .. }));
+        assert!(drv.list().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn remote_shows_the_login_used() {
         let raw = options::from_docker_opts(&[("sshcmd".to_string(), "h:/x".to_string())].into());
