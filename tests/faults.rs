@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -146,12 +145,7 @@ fn a_write_that_cannot_reach_the_server_is_reported() {
     let mut sshd = Sshd::start();
     fs::create_dir(sshd.data.join("lost")).unwrap();
     let m = Mount::root(&sshd, "lost", &format!("{FAST},reconnect_timeout=2"));
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .custom_flags(0)
-        .open(m.path("doomed"))
-        .unwrap();
+    let mut f = fs::File::create(m.path("doomed")).unwrap();
     sshd.stop();
     let data = pseudo_random(9, 4 * 1024 * 1024);
     // Write-behind may accept the bytes at first, but one of write, fsync or close must fail:
