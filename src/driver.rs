@@ -204,12 +204,14 @@ impl Driver {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (name, slot) in slots {
+        // In parallel: a busy mount takes seconds to detach and dockerd kills us after 10 s.
+        let stops = slots.into_iter().map(|(name, slot)| async move {
             let _guard = slot.op.lock().await;
             if let Some(rec) = self.store.get(&name).ok().flatten() {
                 self.stop(&name, &slot, &self.mountpoint(&rec)).await;
             }
-        }
+        });
+        futures::future::join_all(stops).await;
     }
 
     pub async fn create(

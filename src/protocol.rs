@@ -229,7 +229,12 @@ async fn dispatch(State(driver): State<Arc<Driver>>, req: Request) -> Response {
     let ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(v) => {
-            tracing::info!(call = %call, volume = %volume, id = %id, ms, "ok");
+            // dockerd asks for Capabilities before nearly every call: only worth a debug line.
+            if call == "VolumeDriver.Capabilities" {
+                tracing::debug!(call = %call, ms, "ok");
+            } else {
+                tracing::info!(call = %call, volume = %volume, id = %id, ms, "ok");
+            }
             (StatusCode::OK, json_body(&v)).into_response()
         }
         Err(e) => {
