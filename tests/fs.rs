@@ -1,0 +1,1023 @@
+//! Real-filesystem tests of `docker-volume-sshfs mount`: a throwaway OpenSSH server on loopback,
+//! a real FUSE mount made by the built command, POSIX operations through the mount checked
+//! against the server's files on the local disk, and the command's error messages.
+//!
+//! Every test starts its own sshd and mount (unique port and directories), so tests run in
+//! parallel. Needs root and /dev/fuse. Run with `cargo test --test fs`.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+#[test]
+fn create_write_read_both_ways() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+
+    fs::write(m.path("hello.txt"), b"hello through the mount\n").expect("write via mount");
+    assert_eq!(
+        fs::read(sshd.data.join("hello.txt")).expect("file on the server"),
+        b"hello through the mount\n",
+        "a file written and closed through the mount must be on the server"
+    );
+    assert_eq!(
+        fs::read(m.path("hello.txt")).expect("read back via mount"),
+        b"hello through the mount\n"
+    );
+
+    fs::write(sshd.data.join("from-server.txt"), b"made on the server").unwrap();
+    assert_eq!(
+        fs::read(m.path("from-server.txt")).expect("read a server-made file via mount"),
+        b"made on the server"
+    );
+
+    fs::create_dir(m.path("sub")).expect("mkdir via mount");
+    assert!(
+        sshd.data.join("sub").is_dir(),
+        "mkdir must create the remote dir"
+    );
+    fs::write(m.path("sub/inner"), b"x").unwrap();
+    fs::remove_file(m.path("sub/inner")).expect("unlink via mount");
+    assert!(
+        !sshd.data.join("sub/inner").exists(),
+        "unlink must remove the remote file"
+    );
+    fs::remove_dir(m.path("sub")).expect("rmdir of an empty dir");
+    assert!(
+        !sshd.data.join("sub").exists(),
+        "rmdir must remove the remote dir"
+    );
+    assert_eq!(
+        fs::metadata(m.path("nope"))
+            .map_err(|e| e.kind())
+            .unwrap_err(),
+        ErrorKind::NotFound,
+        "a missing file must give ENOENT"
+    );
+}
+
+#[test]
+fn large_file_round_trips_byte_for_byte() {
+    const SIZE: usize = 100 * 1024 * 1024 + 12345; // 100 MiB + an odd tail
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    let scratch = TempDir::new("big");
+
+    // Local file -> through the mount -> server disk.
+    let src = scratch.path().join("src.bin");
+    write_random_file(&src, 42, SIZE);
+    let want = sha256(&src);
+    {
+        let mut from = File::open(&src).unwrap();
+        let mut to = File::create(m.path("up.bin")).expect("create via mount");
+        let n = std::io::copy(&mut from, &mut to).expect("copy 100 MiB into the mount");
+        assert_eq!(n as usize, SIZE);
+        to.sync_all().expect("fsync via mount");
+    }
+    assert_eq!(
+        fs::metadata(sshd.data.join("up.bin")).unwrap().len() as usize,
+        SIZE,
+        "server-side size after writing through the mount"
+    );
+    assert_eq!(
+        sha256(&sshd.data.join("up.bin")),
+        want,
+        "server-side sha256 differs from what was written through the mount"
+    );
+    assert_eq!(
+        sha256(&m.path("up.bin")),
+        want,
+        "reading back through the mount differs"
+    );
+
+    // Server disk -> read through the mount (never seen by the mount before).
+    write_random_file(&sshd.data.join("down.bin"), 7, SIZE);
+    let want = sha256(&sshd.data.join("down.bin"));
+    assert_eq!(
+        fs::metadata(m.path("down.bin")).unwrap().len() as usize,
+        SIZE,
+        "size through the mount"
+    );
+    assert_eq!(
+        sha256(&m.path("down.bin")),
+        want,
+        "a server file read through the mount differs byte-wise"
+    );
+}
+
+#[test]
+fn rename_overwrites_existing_file() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::write(m.path("a"), b"AAA").unwrap();
+    fs::write(m.path("b"), b"BB").unwrap();
+    fs::rename(m.path("a"), m.path("b")).expect("rename over an existing file must succeed");
+    assert_eq!(
+        fs::read(m.path("b")).unwrap(),
+        b"AAA",
+        "target content via mount"
+    );
+    assert!(!m.path("a").exists(), "source must be gone via mount");
+    assert_eq!(
+        fs::read(sshd.data.join("b")).unwrap(),
+        b"AAA",
+        "target on server"
+    );
+    assert!(
+        !sshd.data.join("a").exists(),
+        "source must be gone on the server"
+    );
+
+    // Directories too, and a plain rename to a new name.
+    fs::create_dir(m.path("d1")).unwrap();
+    fs::write(m.path("d1/f"), b"in d1").unwrap();
+    fs::rename(m.path("d1"), m.path("d2")).expect("rename a directory");
+    assert_eq!(fs::read(m.path("d2/f")).unwrap(), b"in d1");
+    assert_eq!(fs::read(sshd.data.join("d2/f")).unwrap(), b"in d1");
+}
+
+#[test]
+fn symlink_and_readlink() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::write(m.path("target.txt"), b"pointed at").unwrap();
+    std::os::unix::fs::symlink("target.txt", m.path("link")).expect("symlink via mount");
+    assert_eq!(
+        fs::read_link(m.path("link")).expect("readlink via mount"),
+        Path::new("target.txt")
+    );
+    assert_eq!(
+        fs::read_link(sshd.data.join("link")).expect("the server must have a symlink"),
+        Path::new("target.txt"),
+        "server-side symlink target (OpenSSH takes SYMLINK arguments reversed)"
+    );
+    assert!(
+        fs::symlink_metadata(m.path("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "lstat via mount must report a symlink"
+    );
+    assert_eq!(
+        fs::read(m.path("link")).unwrap(),
+        b"pointed at",
+        "follow via mount"
+    );
+
+    // A dangling absolute link made on the server reads back unchanged.
+    std::os::unix::fs::symlink("/nonexistent/abs", sshd.data.join("dangling")).unwrap();
+    assert_eq!(
+        fs::read_link(m.path("dangling")).unwrap(),
+        Path::new("/nonexistent/abs")
+    );
+}
+
+#[test]
+fn hard_link_shares_content() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::write(m.path("orig"), b"shared bytes").unwrap();
+    fs::hard_link(m.path("orig"), m.path("alias")).expect("link() via mount");
+    assert_eq!(fs::read(m.path("alias")).unwrap(), b"shared bytes");
+    assert_eq!(
+        fs::metadata(m.path("alias")).unwrap().nlink(),
+        2,
+        "nlink of the new name via mount"
+    );
+    let so = fs::metadata(sshd.data.join("orig")).unwrap();
+    let sa = fs::metadata(sshd.data.join("alias")).unwrap();
+    assert_eq!(
+        (so.ino(), so.nlink()),
+        (sa.ino(), 2),
+        "server: one inode, two links"
+    );
+}
+
+#[test]
+fn rmdir_non_empty_is_enotempty() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::create_dir(m.path("full")).unwrap();
+    fs::write(m.path("full/f"), b"x").unwrap();
+    let e = fs::remove_dir(m.path("full")).expect_err("rmdir of a non-empty dir must fail");
+    assert_eq!(errno(&e), libc::ENOTEMPTY, "rmdir of a non-empty dir: {e}");
+    assert!(sshd.data.join("full/f").exists(), "nothing may be deleted");
+    let e = fs::remove_dir(m.path("missing")).expect_err("rmdir of a missing dir");
+    assert_eq!(errno(&e), libc::ENOENT, "rmdir of a missing dir: {e}");
+}
+
+#[test]
+fn truncate_shrinks_and_grows() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    let data = pseudo_random(1, 10_000);
+    fs::write(m.path("t"), &data).unwrap();
+
+    let f = OpenOptions::new().write(true).open(m.path("t")).unwrap();
+    f.set_len(100).expect("ftruncate shrink");
+    drop(f);
+    assert_eq!(
+        fs::metadata(m.path("t")).unwrap().len(),
+        100,
+        "size via mount"
+    );
+    assert_eq!(
+        fs::read(sshd.data.join("t")).unwrap(),
+        &data[..100],
+        "server after shrink"
+    );
+
+    // truncate(2) by path, growing: the new bytes read as zeros.
+    nix::unistd::truncate(&m.path("t"), 5000).expect("truncate grow");
+    let got = fs::read(m.path("t")).unwrap();
+    assert_eq!(got.len(), 5000, "size after growing");
+    assert_eq!(&got[..100], &data[..100], "kept bytes after growing");
+    assert!(
+        got[100..].iter().all(|&b| b == 0),
+        "grown part must be zeros"
+    );
+    assert_eq!(
+        fs::metadata(sshd.data.join("t")).unwrap().len(),
+        5000,
+        "server size"
+    );
+
+    // O_TRUNC on open.
+    fs::write(m.path("t"), b"short").unwrap();
+    assert_eq!(
+        fs::read(sshd.data.join("t")).unwrap(),
+        b"short",
+        "O_TRUNC rewrite"
+    );
+}
+
+#[test]
+fn chmod_files_and_dirs() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::write(m.path("f"), b"x").unwrap();
+    for mode in [0o640, 0o755, 0o600, 0o4755] {
+        fs::set_permissions(m.path("f"), fs::Permissions::from_mode(mode)).expect("chmod");
+        assert_eq!(
+            fs::metadata(m.path("f")).unwrap().mode() & 0o7777,
+            mode,
+            "mode via mount after chmod {mode:o}"
+        );
+        assert_eq!(
+            fs::metadata(sshd.data.join("f")).unwrap().mode() & 0o7777,
+            mode,
+            "mode on the server after chmod {mode:o}"
+        );
+    }
+    fs::create_dir(m.path("d")).unwrap();
+    fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o711)).unwrap();
+    assert_eq!(
+        fs::metadata(sshd.data.join("d")).unwrap().mode() & 0o7777,
+        0o711
+    );
+    assert!(fs::metadata(m.path("d")).unwrap().is_dir());
+}
+
+#[test]
+fn set_mtime() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::write(m.path("f"), b"x").unwrap();
+    let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    // utimensat by path (no open handle).
+    let ts = nix::sys::time::TimeSpec::new(1_600_000_000, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &m.path("f"),
+        &ts,
+        &ts,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )
+    .expect("utimensat via mount");
+    assert_eq!(
+        fs::metadata(m.path("f")).unwrap().modified().unwrap(),
+        t,
+        "mtime via mount"
+    );
+    assert_eq!(
+        fs::metadata(sshd.data.join("f"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        t,
+        "mtime on the server"
+    );
+    // futimens on an open handle.
+    let t2 = UNIX_EPOCH + Duration::from_secs(1_234_567_890);
+    let f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t2).set_accessed(t2))
+        .expect("futimens via mount");
+    drop(f);
+    assert_eq!(fs::metadata(m.path("f")).unwrap().modified().unwrap(), t2);
+    assert_eq!(
+        fs::metadata(sshd.data.join("f"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        t2
+    );
+    // Writing afterwards moves mtime to about now.
+    fs::write(m.path("f"), b"later").unwrap();
+    let now = SystemTime::now();
+    let mt = fs::metadata(sshd.data.join("f"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(
+        now.duration_since(mt).unwrap_or_default() < Duration::from_secs(60),
+        "a write must update the server mtime"
+    );
+}
+
+#[test]
+fn statfs_reports_server_disk() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    let ours = nix::sys::statvfs::statvfs(&m.mountpoint).expect("statvfs via mount");
+    let theirs = nix::sys::statvfs::statvfs(&sshd.data).unwrap();
+    assert!(ours.blocks() > 0, "f_blocks must be non-zero");
+    assert!(
+        ours.block_size() > 0 && ours.fragment_size() > 0,
+        "block sizes"
+    );
+    assert!(ours.files() > 0, "f_files must be non-zero");
+    assert!(ours.name_max() >= 255, "f_namemax {}", ours.name_max());
+    let total = |s: &nix::sys::statvfs::Statvfs| s.blocks() as f64 * s.fragment_size() as f64;
+    let avail =
+        |s: &nix::sys::statvfs::Statvfs| s.blocks_available() as f64 * s.fragment_size() as f64;
+    let (to, tt) = (total(&ours), total(&theirs));
+    assert!(
+        (to - tt).abs() / tt < 0.01,
+        "total size via mount {to} vs server disk {tt}"
+    );
+    let (ao, at) = (avail(&ours), avail(&theirs));
+    assert!(
+        (ao - at).abs() / tt < 0.05,
+        "available via mount {ao} vs server disk {at}"
+    );
+}
+
+#[test]
+fn list_500_entries_with_sizes() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::create_dir(sshd.data.join("many")).unwrap();
+    let mut want = Vec::new();
+    for i in 0..500usize {
+        let name = format!("entry-{i:04}-{}", "n".repeat(i % 40));
+        fs::write(sshd.data.join("many").join(&name), vec![b'z'; i * 3]).unwrap();
+        want.push((name, (i * 3) as u64));
+    }
+    let mut got = Vec::new();
+    for e in fs::read_dir(m.path("many")).expect("readdir via mount") {
+        let e = e.expect("readdir entry");
+        let md = e.metadata().expect("lstat of a listed entry");
+        assert!(md.is_file(), "{:?} must be a file", e.file_name());
+        got.push((e.file_name().into_string().unwrap(), md.len()));
+    }
+    got.sort();
+    assert_eq!(got.len(), 500, "entry count (without . and ..)");
+    assert_eq!(got, want, "names and sizes of 500 entries");
+}
+
+#[test]
+fn three_hundred_files_open_at_once() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::create_dir(m.path("open")).unwrap();
+    let mut files: Vec<File> = (0..300)
+        .map(|i| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(m.path(&format!("open/f{i}")))
+                .unwrap_or_else(|e| panic!("open file #{i} of 300 at once: {e}"))
+        })
+        .collect();
+    for (i, f) in files.iter_mut().enumerate() {
+        f.write_all(format!("content of file {i}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("write to open file #{i}: {e}"));
+    }
+    for (i, f) in files.iter_mut().enumerate() {
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s)
+            .unwrap_or_else(|e| panic!("read back open file #{i}: {e}"));
+        assert_eq!(
+            s,
+            format!("content of file {i}\n"),
+            "file #{i} via its open handle"
+        );
+    }
+    // A second round of 300 read-only handles while the first 300 are still open.
+    let readers: Vec<File> = (0..300)
+        .map(|i| File::open(m.path(&format!("open/f{i}"))).expect("open for reading"))
+        .collect();
+    for (i, mut f) in readers.into_iter().enumerate() {
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(
+            s,
+            format!("content of file {i}\n"),
+            "file #{i} via a second handle"
+        );
+    }
+    for (i, f) in files.into_iter().enumerate() {
+        f.sync_all()
+            .unwrap_or_else(|e| panic!("fsync file #{i}: {e}"));
+    }
+    for i in 0..300 {
+        assert_eq!(
+            fs::read_to_string(sshd.data.join(format!("open/f{i}"))).unwrap(),
+            format!("content of file {i}\n"),
+            "server copy of file #{i}"
+        );
+    }
+}
+
+#[test]
+fn parallel_readers_and_writers() {
+    const WRITE: usize = 8 << 20;
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    write_random_file(&sshd.data.join("shared.bin"), 99, 16 << 20);
+    let shared_sum = sha256(&sshd.data.join("shared.bin"));
+    let shared = fs::read(sshd.data.join("shared.bin")).unwrap();
+
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for w in 0..4u64 {
+            let path = m.path(&format!("w{w}.bin"));
+            handles.push(s.spawn(move || {
+                let data = pseudo_random(1000 + w, WRITE);
+                let mut f = File::create(&path).unwrap();
+                for c in data.chunks(64 * 1024 + 17 * w as usize) {
+                    f.write_all(c).expect("parallel write");
+                }
+                f.sync_all().expect("parallel fsync");
+                drop(f);
+                assert!(
+                    fs::read(&path).unwrap() == data,
+                    "writer {w} read back differs"
+                );
+            }));
+        }
+        for r in 0..4usize {
+            let path = m.path("shared.bin");
+            let shared = &shared;
+            handles.push(s.spawn(move || {
+                for round in 0..2 {
+                    let mut f = File::open(&path).unwrap();
+                    // Each reader walks the file with a different chunk size.
+                    let mut buf = vec![0u8; 4096 * (r + 1) + 13];
+                    let mut off = 0;
+                    loop {
+                        let n = f.read(&mut buf).expect("parallel read");
+                        if n == 0 {
+                            break;
+                        }
+                        assert!(
+                            buf[..n] == shared[off..off + n],
+                            "reader {r} round {round}: bytes at {off} differ"
+                        );
+                        off += n;
+                    }
+                    assert_eq!(off, shared.len(), "reader {r} round {round} length");
+                }
+            }));
+        }
+        for h in handles {
+            h.join().expect("a reader or writer thread failed");
+        }
+    });
+    for w in 0..4u64 {
+        assert!(
+            fs::read(sshd.data.join(format!("w{w}.bin"))).unwrap()
+                == pseudo_random(1000 + w, WRITE),
+            "server copy of writer {w}'s file differs"
+        );
+    }
+    assert_eq!(
+        sha256(&sshd.data.join("shared.bin")),
+        shared_sum,
+        "readers must not modify"
+    );
+}
+
+#[test]
+fn o_excl_on_existing_file_is_eexist() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::write(sshd.data.join("exists"), b"keep me").unwrap();
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.path("exists"))
+        .expect_err("O_CREAT|O_EXCL on an existing file must fail");
+    assert_eq!(errno(&e), libc::EEXIST, "O_EXCL on an existing file: {e}");
+    assert_eq!(
+        fs::read(sshd.data.join("exists")).unwrap(),
+        b"keep me",
+        "must not truncate"
+    );
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(m.path("fresh"))
+        .expect("O_EXCL on a new name must succeed");
+    f.write_all(b"new").unwrap();
+    drop(f);
+    assert_eq!(fs::read(sshd.data.join("fresh")).unwrap(), b"new");
+    assert_eq!(
+        fs::metadata(sshd.data.join("fresh")).unwrap().mode() & 0o777,
+        0o600,
+        "create mode must reach the server"
+    );
+}
+
+#[test]
+fn o_append_always_writes_at_end() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    fs::write(m.path("log"), b"abc").unwrap();
+    let mut f = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    f.write_all(b"def").unwrap();
+    drop(f);
+    assert_eq!(
+        fs::read(sshd.data.join("log")).unwrap(),
+        b"abcdef",
+        "first append"
+    );
+
+    // Two append handles interleaving; a seek does not defeat O_APPEND.
+    let mut a = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(m.path("log"))
+        .unwrap();
+    let mut b = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    a.write_all(b"1").unwrap();
+    a.flush().unwrap();
+    a.sync_all().unwrap();
+    b.write_all(b"2").unwrap();
+    b.sync_all().unwrap();
+    a.seek(SeekFrom::Start(0)).unwrap();
+    a.write_all(b"3").unwrap();
+    drop(a);
+    drop(b);
+    assert_eq!(fs::read(m.path("log")).unwrap(), b"abcdef123", "via mount");
+    assert_eq!(
+        fs::read(sshd.data.join("log")).unwrap(),
+        b"abcdef123",
+        "on the server"
+    );
+
+    // Server-side growth is honoured by a later append through the mount.
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(sshd.data.join("log"))
+        .unwrap()
+        .write_all(b"S")
+        .unwrap();
+    let mut c = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    c.write_all(b"M").unwrap();
+    drop(c);
+    assert_eq!(fs::read(sshd.data.join("log")).unwrap(), b"abcdef123SM");
+}
+
+#[test]
+fn server_side_changes_visible_after_cache_timeout() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "cache_timeout=1");
+    fs::create_dir(sshd.data.join("d")).unwrap();
+    fs::write(sshd.data.join("d/f"), b"version one").unwrap();
+    assert_eq!(fs::read(m.path("d/f")).unwrap(), b"version one");
+    assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 1);
+
+    fs::write(sshd.data.join("d/f"), b"version two, longer").unwrap();
+    fs::write(sshd.data.join("d/new"), b"n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        fs::metadata(m.path("d/f")).unwrap().len(),
+        19,
+        "size of a file changed on the server, after the cache timeout"
+    );
+    assert_eq!(
+        fs::read(m.path("d/f")).unwrap(),
+        b"version two, longer",
+        "content of a file changed on the server, after the cache timeout"
+    );
+    let mut names: Vec<String> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["f", "new"],
+        "a file created on the server appears in the listing"
+    );
+
+    fs::remove_file(sshd.data.join("d/new")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !m.path("d/new").exists(),
+        "a file deleted on the server must disappear after the cache timeout"
+    );
+}
+
+#[test]
+fn cache_off_sees_server_changes_at_once() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "cache=no");
+    fs::write(sshd.data.join("f"), b"one").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"one");
+    fs::write(sshd.data.join("f"), b"two!").unwrap();
+    assert_eq!(
+        fs::metadata(m.path("f")).unwrap().len(),
+        4,
+        "cache=no: size at once"
+    );
+    assert_eq!(
+        fs::read(m.path("f")).unwrap(),
+        b"two!",
+        "cache=no: content at once"
+    );
+}
+
+#[test]
+fn own_changes_visible_at_once() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "cache_timeout=60");
+    fs::create_dir(m.path("d")).unwrap();
+    assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 0);
+    fs::write(m.path("d/a"), b"1").unwrap();
+    assert_eq!(
+        fs::read_dir(m.path("d")).unwrap().count(),
+        1,
+        "listing after create"
+    );
+    fs::write(m.path("d/a"), b"123456").unwrap();
+    assert_eq!(
+        fs::metadata(m.path("d/a")).unwrap().len(),
+        6,
+        "size after rewrite"
+    );
+    fs::rename(m.path("d/a"), m.path("d/b")).unwrap();
+    assert!(!m.path("d/a").exists(), "old name after rename");
+    assert_eq!(fs::read(m.path("d/b")).unwrap(), b"123456");
+    fs::remove_file(m.path("d/b")).unwrap();
+    assert_eq!(
+        fs::read_dir(m.path("d")).unwrap().count(),
+        0,
+        "listing after unlink"
+    );
+}
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    let sshd = Sshd::start();
+    fs::write(sshd.data.join("f"), b"ro data").unwrap();
+    let m = Mount::root(&sshd, "", "ro");
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"ro data");
+    let e = fs::write(m.path("g"), b"x").expect_err("creating a file on a ro mount");
+    assert_eq!(errno(&e), libc::EROFS, "ro mount: {e}");
+    assert!(!sshd.data.join("g").exists());
+}
+
+#[test]
+fn uid_gid_umask_presentation() {
+    let sshd = Sshd::start();
+    fs::write(sshd.data.join("f"), b"x").unwrap();
+    fs::set_permissions(sshd.data.join("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    let m = Mount::root(&sshd, "", "uid=1234,gid=4321,umask=027");
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 4321), "uid=/gid= presentation");
+    assert_eq!(md.mode() & 0o777, 0o640, "umask=027 applied to 0666");
+}
+
+#[test]
+fn password_login_via_stdin() {
+    let sshd = Sshd::start();
+    let remote = format!("{TEST_USER}@127.0.0.1:{}", sshd.user_data.display());
+    let m = Mount::with_stdin(
+        sshd.port,
+        &remote,
+        &format!(
+            "password_stdin,StrictHostKeyChecking=no,UserKnownHostsFile={}",
+            sshd.dir.path().join("known_hosts").display()
+        ),
+        Some(&format!("{TEST_PASSWORD}\n")),
+    );
+    fs::write(m.path("pw.txt"), b"by password").expect("write as the password user");
+    let md = fs::metadata(sshd.user_data.join("pw.txt")).unwrap();
+    assert_eq!(
+        md.uid(),
+        test_user_ids().0,
+        "file owned by the SSH login on the server"
+    );
+    assert!(
+        !m.stderr().contains(TEST_PASSWORD),
+        "the password must never be printed"
+    );
+}
+
+#[test]
+fn encrypted_key_with_passphrase() {
+    let sshd = Sshd::start();
+    let m = Mount::new(
+        &sshd,
+        &sshd.remote(""),
+        &format!(
+            "IdentityFile={},passphrase={KEY_PASSPHRASE},StrictHostKeyChecking=no,\
+             UserKnownHostsFile={}",
+            sshd.encrypted_key.display(),
+            sshd.dir.path().join("known_hosts").display()
+        ),
+    );
+    fs::write(m.path("k"), b"key").unwrap();
+    assert_eq!(fs::read(sshd.data.join("k")).unwrap(), b"key");
+}
+
+#[test]
+fn pinned_host_key_is_checked() {
+    let sshd = Sshd::start();
+    // The right fingerprint mounts.
+    let m = Mount::new(
+        &sshd,
+        &sshd.remote(""),
+        &format!(
+            "IdentityFile={},hostkey={}",
+            sshd.key.display(),
+            sshd.host_fingerprint
+        ),
+    );
+    drop(m);
+    // A wrong one is refused, naming both fingerprints.
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let f = mount_expect_failure(
+        &[
+            "-p",
+            &sshd.port.to_string(),
+            "-o",
+            &format!("IdentityFile={},hostkey={wrong}", sshd.key.display()),
+        ],
+        &sshd.remote(""),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        !f.status.success() && !f.mounted,
+        "a wrong pinned host key must not mount"
+    );
+    assert!(
+        f.stderr.contains(&sshd.host_fingerprint) && f.stderr.contains(wrong),
+        "the error must name the expected and the offered fingerprint: {}",
+        f.stderr
+    );
+}
+
+#[test]
+fn sigterm_unmounts_and_exits_zero() {
+    let sshd = Sshd::start();
+    let mut m = Mount::root(&sshd, "", "");
+    fs::write(m.path("f"), b"x").unwrap();
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = m
+        .wait_exit(Duration::from_secs(15))
+        .expect("the mount command must exit after SIGTERM");
+    assert!(
+        st.success(),
+        "exit status after SIGTERM: {st}; stderr: {}",
+        m.stderr()
+    );
+    assert!(!is_mounted(&m.mountpoint), "SIGTERM must unmount");
+}
+
+#[test]
+fn sigint_while_busy_unmounts_and_exits_zero() {
+    let sshd = Sshd::start();
+    let mut m = Mount::root(&sshd, "", "");
+    fs::write(m.path("f"), b"x").unwrap();
+    // Hold a file open: the unmount must be lazy instead of failing with EBUSY.
+    let busy = File::open(m.path("f")).unwrap();
+    m.signal(nix::sys::signal::Signal::SIGINT);
+    let st = m
+        .wait_exit(Duration::from_secs(15))
+        .expect("the mount command must exit after SIGINT even while busy");
+    assert!(
+        st.success(),
+        "exit status after SIGINT: {st}; stderr: {}",
+        m.stderr()
+    );
+    assert!(!is_mounted(&m.mountpoint), "SIGINT must (lazily) unmount");
+    drop(busy);
+}
+
+#[test]
+fn external_umount_ends_the_command() {
+    let sshd = Sshd::start();
+    let mut m = Mount::root(&sshd, "", "");
+    run(std::process::Command::new("umount").arg(&m.mountpoint));
+    let st = m
+        .wait_exit(Duration::from_secs(15))
+        .expect("the mount command must exit after an external umount");
+    assert!(
+        st.success(),
+        "exit status after umount: {st}; stderr: {}",
+        m.stderr()
+    );
+}
+
+// ---- error cases: exit status and a message that says what to fix ----
+
+#[test]
+fn wrong_password_says_authentication_failed() {
+    let sshd = Sshd::start();
+    let remote = format!("{TEST_USER}@127.0.0.1:{}", sshd.user_data.display());
+    let f = mount_expect_failure(
+        &[
+            "-p",
+            &sshd.port.to_string(),
+            "-o",
+            "password_stdin,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null",
+        ],
+        &remote,
+        Some("not-the-Password-123\n"),
+        Duration::from_secs(60),
+    );
+    let low = f.stderr.to_lowercase();
+    assert!(
+        !f.status.success() && !f.mounted,
+        "wrong password must fail: {}",
+        f.stderr
+    );
+    assert!(
+        low.contains("authentication"),
+        "the message must mention authentication: {}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains(TEST_USER),
+        "the message must name the login that was refused: {}",
+        f.stderr
+    );
+    assert!(
+        low.contains("password"),
+        "the message must point at the password to fix: {}",
+        f.stderr
+    );
+    assert!(
+        !f.stderr.contains("not-the-Password-123"),
+        "the password must never be printed: {}",
+        f.stderr
+    );
+}
+
+#[test]
+fn wrong_key_says_authentication_failed() {
+    let sshd = Sshd::start();
+    let other = TempDir::new("otherkey");
+    let key = other.path().join("k");
+    run(std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key));
+    let f = mount_expect_failure(
+        &[
+            "-p",
+            &sshd.port.to_string(),
+            "-o",
+            &format!(
+                "IdentityFile={},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null",
+                key.display()
+            ),
+        ],
+        &sshd.remote(""),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        !f.status.success() && !f.mounted,
+        "unknown key must fail: {}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.to_lowercase().contains("authentication") && f.stderr.contains("root"),
+        "the message must say authentication failed for root: {}",
+        f.stderr
+    );
+}
+
+#[test]
+fn connection_refused_names_the_port() {
+    let port = free_port(); // nothing listens there
+    let f = mount_expect_failure(
+        &[
+            "-p",
+            &port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null",
+        ],
+        "root@127.0.0.1:/tmp",
+        None,
+        Duration::from_secs(60),
+    );
+    let low = f.stderr.to_lowercase();
+    assert!(
+        !f.status.success() && !f.mounted,
+        "nothing listens, must fail"
+    );
+    assert!(
+        f.stderr.contains(&port.to_string()),
+        "the message must name the port {port}: {}",
+        f.stderr
+    );
+    assert!(
+        low.contains("refused") || low.contains("connect"),
+        "the message must say the connection failed: {}",
+        f.stderr
+    );
+    assert!(
+        low.contains("port") || low.contains("server"),
+        "the message must say what to check (server/port): {}",
+        f.stderr
+    );
+}
+
+#[test]
+fn missing_remote_path_is_named() {
+    let sshd = Sshd::start();
+    let missing = sshd.data.join("no/such/dir");
+    let f = mount_expect_failure(
+        &["-p", &sshd.port.to_string(), "-o", &sshd.key_options()],
+        &format!("root@127.0.0.1:{}", missing.display()),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        !f.status.success() && !f.mounted,
+        "a missing remote path must not mount"
+    );
+    assert!(
+        f.stderr.contains(&missing.display().to_string()),
+        "the message must name the path: {}",
+        f.stderr
+    );
+    let low = f.stderr.to_lowercase();
+    assert!(
+        low.contains("exist") || low.contains("no such"),
+        "the message must say the path does not exist: {}",
+        f.stderr
+    );
+}
+
+#[test]
+fn unknown_option_lists_supported_ones() {
+    let f = mount_expect_failure(
+        &["-o", "frobnicate=1"],
+        "root@127.0.0.1:/tmp",
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        !f.status.success() && !f.mounted,
+        "an unknown option must fail"
+    );
+    assert!(
+        f.stderr.contains("frobnicate"),
+        "name the bad option: {}",
+        f.stderr
+    );
+    for opt in [
+        "IdentityFile",
+        "password",
+        "allow_other",
+        "StrictHostKeyChecking",
+        "ServerAliveInterval",
+    ] {
+        assert!(
+            f.stderr.contains(opt),
+            "the message must list supported option {opt}: {}",
+            f.stderr
+        );
+    }
+}
