@@ -167,7 +167,7 @@ impl Driver {
     /// Slow start-up work, run after the socket listens: detach the dead FUSE mounts a previous
     /// run left behind. Mounts wait for this (it would otherwise detach their fresh mount).
     pub async fn startup(&self) {
-        if let Err(e) = std::fs::create_dir_all(&self.volumes_dir) {
+        if let Err(e) = create_dir_0755(&self.volumes_dir) {
             tracing::error!(dir = %self.volumes_dir.display(), "cannot create the volumes dir: {e}");
         }
         let dir = self.volumes_dir.clone();
@@ -717,11 +717,25 @@ pub fn mount_dir_name(name: &str) -> String {
     format!("{prefix}-{}", &hash[..32])
 }
 
+/// Creates `dir` (and parents) traversable by everyone, whatever the process umask (0077 in
+/// `serve`); an existing directory is left as it is.
+fn create_dir_0755(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
 /// Makes `mp` an empty directory we can mount on. Returns true if a stale mount had to be
 /// detached first (left by a crashed run: stat fails with ENOTCONN, or it is still a mountpoint
 /// although we hold no mount for it).
 fn prepare_mountpoint(volumes_dir: &Path, mp: &Path) -> io::Result<bool> {
-    std::fs::create_dir_all(volumes_dir)?;
+    create_dir_0755(volumes_dir)?;
     let mut detached = false;
     match std::fs::symlink_metadata(mp) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -47,6 +47,10 @@ const STATE_OPEN_RETRY: Duration = Duration::from_secs(6);
 /// Runs the plugin until SIGTERM.
 pub fn serve_main(args: ServeArgs) -> ExitCode {
     init_tracing();
+    // sled keeps creating files (snapshots, blobs) after start-up, from its own threads: a
+    // process-wide umask is the only way to keep every one of them root-only. Directories that
+    // others must traverse (mountpoints) get their mode set explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
