@@ -1,1 +1,898 @@
-//! TODO
+//! Volume semantics behind the Docker calls: create/remove records, count container mounts per
+//! mount ID, mount on the first Mount and unmount on the last Unmount, and report status.
+//!
+//! Concurrency: each volume has its own async lock that serialises Create/Mount/Unmount/Remove
+//! of that volume only, so a slow connect never blocks other volumes. Get/List/Path never take
+//! it: they read the store and a small synchronous snapshot of the live mount.
+//!
+//! Restarts: mount counts are persisted. When the plugin starts after a crash or restart, every
+//! FUSE mount left under the volumes dir is dead (its serving process is gone), so all of them
+//! are lazily unmounted and the counts are KEPT. Containers that were running keep a dead mount
+//! ("Transport endpoint is not connected") until they are restarted; their later Unmounts still
+//! balance the kept counts, and the next Mount of the volume (any container) mounts it afresh
+//! because nothing is live. A volume whose counts can no longer balance (its containers vanished
+//! without Unmount, e.g. dockerd was killed) stays removable: Remove only refuses while the
+//! volume is actually mounted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::mount::{self, Mounted};
+use crate::options::{self, Context, MountOptions, OptionError, StrictHostKeyChecking};
+use crate::secret::Secret;
+use crate::state::{MountCounts, StateError, Store, VolumeRecord};
+
+/// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
+/// cleaned up by us rather than left counted after dockerd stopped waiting.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(110);
+
+/// Longest volume name accepted (a single path component on Linux).
+const MAX_NAME: usize = 255;
+
+/// What went wrong. The message reaches the user verbatim after
+/// "Error response from daemon: ... VolumeDriver.<Call>:", so each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("invalid volume name {shown}: {why}")]
+    BadName { shown: String, why: &'static str },
+    #[error(
+        "volume '{0}' is not known to the sshfs plugin: create it with \
+         docker volume create -d <plugin> -o sshcmd=user@host:/path {0}"
+    )]
+    NotFound(String),
+    #[error("volume '{name}': {source}")]
+    Options { name: String, source: OptionError },
+    #[error(
+        "volume '{name}': password_stdin works only with the mount command; use -o password=... \
+         or -o password_file=/root/.ssh/FILE (a file in the plugin's sshkey mount)"
+    )]
+    PasswordStdin { name: String },
+    #[error(
+        "volume '{0}' already exists with different options: remove it first \
+         (docker volume rm {0}) or choose another name"
+    )]
+    Exists(String),
+    #[error(
+        "volume '{0}' cannot get its own mount directory (name clash after encoding): choose \
+         another volume name"
+    )]
+    DirClash(String),
+    #[error(
+        "volume '{name}' is mounted ({count} container mount(s) counted): stop and remove the \
+         containers using it (docker ps -a --filter volume={name}), then retry. Remote files are \
+         never deleted by docker volume rm"
+    )]
+    InUse { name: String, count: u64 },
+    #[error("cannot mount volume '{name}' from {remote}: {reason}")]
+    Mount {
+        name: String,
+        remote: String,
+        reason: String,
+    },
+    #[error("cannot prepare the mount directory {path}: {reason}")]
+    Mountpoint { path: PathBuf, reason: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(
+        "internal error in the sshfs plugin while handling volume '{0}' (see the plugin's log in \
+         dockerd's log): retry, and report it if it persists"
+    )]
+    Internal(String),
+}
+
+/// A volume as Get and List report it.
+#[derive(Debug, Serialize)]
+pub struct VolumeInfo {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Mountpoint")]
+    pub mountpoint: String,
+    #[serde(rename = "CreatedAt", skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// What `docker volume inspect` shows under Status. Never a secret.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub remote: String,
+    pub port: u16,
+    /// idle, mounting, mounted, reconnecting or failed.
+    pub state: &'static str,
+    pub active_mounts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
+    /// Named like the option that pins a key explicitly.
+    #[serde(rename = "hostkey", skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub reconnects: u64,
+}
+
+/// Per-volume runtime: the async lock for state-changing calls plus what Get may read.
+struct Slot {
+    op: Arc<tokio::sync::Mutex<()>>,
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    mounted: Option<Arc<Mounted>>,
+    /// Watches for the mount ending on its own (external umount, fatal error).
+    watcher: Option<JoinHandle<()>>,
+    /// Bumped on every mount/unmount so a late watcher never tears down a newer mount.
+    generation: u64,
+    mounting: bool,
+    failed: bool,
+    last_error: Option<(String, String)>,
+}
+
+impl Live {
+    fn record_error(&mut self, msg: &str) {
+        self.failed = true;
+        self.last_error = Some((msg.to_string(), now_rfc3339()));
+    }
+}
+
+pub struct Driver {
+    store: Store,
+    volumes_dir: PathBuf,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    ready_tx: watch::Sender<bool>,
+}
+
+impl Driver {
+    pub fn new(store: Store, volumes_dir: PathBuf) -> Arc<Driver> {
+        Arc::new(Driver {
+            store,
+            volumes_dir,
+            slots: Mutex::new(HashMap::new()),
+            ready_tx: watch::channel(false).0,
+        })
+    }
+
+    /// Slow start-up work, run after the socket listens: detach the dead FUSE mounts a previous
+    /// run left behind. Mounts wait for this (it would otherwise detach their fresh mount).
+    pub async fn startup(&self) {
+        if let Err(e) = create_dir_0755(&self.volumes_dir) {
+            tracing::error!(dir = %self.volumes_dir.display(), "cannot create the volumes dir: {e}");
+        }
+        let dir = self.volumes_dir.clone();
+        match tokio::task::spawn_blocking(move || mount::unmount_stale_below(&dir)).await {
+            Ok(Ok(paths)) => {
+                for p in paths {
+                    tracing::info!(path = %p.display(), "detached a stale mount left by an earlier run");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("cannot detach stale mounts: {e}"),
+            Err(e) => tracing::error!("detaching stale mounts failed: {e}"),
+        }
+        match self.store.list() {
+            Ok(vols) => {
+                for v in vols.iter().filter(|v| !v.mounts.is_empty()) {
+                    tracing::warn!(
+                        volume = %v.name,
+                        counted = v.mounts.total(),
+                        "volume was mounted before the plugin restarted: containers still running \
+                         with it see 'Transport endpoint is not connected' and must be restarted; \
+                         the next Mount mounts it again"
+                    );
+                }
+                tracing::info!(volumes = vols.len(), "state restored");
+            }
+            Err(e) => tracing::error!("cannot read the state: {e}"),
+        }
+        self.ready_tx.send_replace(true);
+    }
+
+    /// Unmounts everything (on SIGTERM). Counts stay in the store; see the module comment.
+    pub async fn shutdown(&self) {
+        let slots: Vec<(String, Arc<Slot>)> = lock(&self.slots)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // In parallel: a busy mount takes seconds to detach and dockerd kills us after 10 s.
+        let stops = slots.into_iter().map(|(name, slot)| async move {
+            let _guard = slot.op.lock().await;
+            if let Some(rec) = self.store.get(&name).ok().flatten() {
+                self.stop(&name, &slot, &self.mountpoint(&rec)).await;
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        opts: BTreeMap<String, String>,
+    ) -> Result<(), DriverError> {
+        validate_name(name)?;
+        let parsed = options::parse(&options::from_docker_opts(&opts), None, Context::Plugin)
+            .map_err(|source| DriverError::Options {
+                name: name.to_string(),
+                source,
+            })?;
+        if parsed.wants_password_stdin {
+            return Err(DriverError::PasswordStdin {
+                name: name.to_string(),
+            });
+        }
+        let (_slot, _guard) = self.lock_volume(name).await;
+        if let Some(existing) = self.store.get(name)? {
+            // dockerd may repeat a Create (e.g. a compose file re-applied): same options is fine.
+            return if existing.docker_opts() == opts {
+                Ok(())
+            } else {
+                Err(DriverError::Exists(name.to_string()))
+            };
+        }
+        let dir = mount_dir_name(name);
+        if self.store.dir_taken(&dir, name)? {
+            return Err(DriverError::DirClash(name.to_string()));
+        }
+        let rec = VolumeRecord {
+            name: name.to_string(),
+            dir,
+            created_at: now_rfc3339(),
+            raw_options: opts.into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
+            options: Some(parsed.options),
+            mounts: MountCounts::default(),
+            host_key: None,
+        };
+        self.store.put(&rec)?;
+        Ok(())
+    }
+
+    /// Forgets the volume. Never touches remote data: at most the empty local mount directory
+    /// is removed (rmdir, which cannot delete anything inside a live mount).
+    pub async fn remove(&self, name: &str) -> Result<(), DriverError> {
+        validate_name(name)?;
+        let (slot, _guard) = self.lock_volume(name).await;
+        let Some(rec) = self.store.get(name)? else {
+            // Answering an error here would make the volume impossible to remove in Docker.
+            tracing::info!(volume = %name, "Remove of a volume the plugin does not know: nothing to do");
+            self.forget(name, &slot);
+            return Ok(());
+        };
+        if lock(&slot.live).mounted.is_some() {
+            return Err(DriverError::InUse {
+                name: name.to_string(),
+                count: rec.mounts.total(),
+            });
+        }
+        if !rec.mounts.is_empty() {
+            tracing::warn!(
+                volume = %name,
+                counted = rec.mounts.total(),
+                "removing a volume with mount counts left from before a restart (nothing is mounted)"
+            );
+        }
+        self.store.remove(name)?;
+        let mp = self.mountpoint(&rec);
+        match std::fs::remove_dir(&mp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %mp.display(), "left the mount directory in place: {e}")
+            }
+        }
+        self.forget(name, &slot);
+        Ok(())
+    }
+
+    /// Counts the mount and returns the mountpoint; the first Mount connects and mounts.
+    pub async fn mount(self: &Arc<Self>, name: &str, id: &str) -> Result<PathBuf, DriverError> {
+        validate_name(name)?;
+        // Start-up detaches every mount under the volumes dir; never race it.
+        let _ = self.ready_tx.subscribe().wait_for(|ready| *ready).await;
+        let (slot, _guard) = self.lock_volume(name).await;
+        let Some(mut rec) = self.store.get(name)? else {
+            self.forget(name, &slot);
+            return Err(DriverError::NotFound(name.to_string()));
+        };
+        let mp = self.mountpoint(&rec);
+        if lock(&slot.live).mounted.is_some() {
+            rec.mounts.add(id);
+            self.store.put(&rec)?;
+            return Ok(mp);
+        }
+
+        let opts = self.effective_options(&rec)?;
+        lock(&slot.live).mounting = true;
+        let result = self.connect(name, &opts, &mp).await;
+        lock(&slot.live).mounting = false;
+        let mounted = match result {
+            Ok(m) => m,
+            Err(e) => {
+                lock(&slot.live).record_error(&e.to_string());
+                return Err(e);
+            }
+        };
+
+        if rec.host_key.is_none() && opts.strict_host_key_checking != StrictHostKeyChecking::No {
+            let fp = mounted.host_key_fingerprint();
+            tracing::info!(volume = %name, host_key = %fp, "pinned the server's host key");
+            rec.host_key = Some(fp);
+        }
+        rec.mounts.add(id);
+        if let Err(e) = self.store.put(&rec) {
+            // A mount nobody counted would never be unmounted: undo it.
+            if let Err(ue) = mounted.unmount().await {
+                tracing::warn!(volume = %name, "unmount after a state error failed: {ue}");
+            }
+            lock(&slot.live).record_error(&e.to_string());
+            return Err(e.into());
+        }
+
+        let mounted = Arc::new(mounted);
+        {
+            let mut live = lock(&slot.live);
+            live.generation += 1;
+            live.failed = false;
+            live.watcher = Some(self.watch(name, &slot, mounted.clone(), live.generation, &mp));
+            live.mounted = Some(mounted);
+        }
+        tracing::info!(volume = %name, mountpoint = %mp.display(), "mounted");
+        Ok(mp)
+    }
+
+    /// Uncounts the mount; the last one unmounts (lazily) and disconnects.
+    pub async fn unmount(&self, name: &str, id: &str) -> Result<(), DriverError> {
+        validate_name(name)?;
+        let (slot, _guard) = self.lock_volume(name).await;
+        let Some(mut rec) = self.store.get(name)? else {
+            self.forget(name, &slot);
+            return Err(DriverError::NotFound(name.to_string()));
+        };
+        if rec.mounts.remove(id) {
+            self.store.put(&rec)?;
+        } else {
+            tracing::warn!(volume = %name, id = %id, "Unmount of a mount ID that is not counted: ignored");
+        }
+        if rec.mounts.is_empty() {
+            self.stop(name, &slot, &self.mountpoint(&rec)).await;
+        } else {
+            tracing::debug!(volume = %name, remaining = rec.mounts.total(), "still in use");
+        }
+        Ok(())
+    }
+
+    pub fn path(&self, name: &str) -> Result<PathBuf, DriverError> {
+        validate_name(name)?;
+        let rec = self
+            .store
+            .get(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        Ok(self.mountpoint(&rec))
+    }
+
+    /// From local state only: dockerd forgets a volume whose Get fails after it restarts.
+    pub fn get(&self, name: &str) -> Result<VolumeInfo, DriverError> {
+        validate_name(name)?;
+        let rec = self
+            .store
+            .get(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        let mut info = self.info(&rec);
+        info.status = Some(self.status(&rec));
+        Ok(info)
+    }
+
+    pub fn list(&self) -> Result<Vec<VolumeInfo>, DriverError> {
+        Ok(self.store.list()?.iter().map(|r| self.info(r)).collect())
+    }
+
+    fn info(&self, rec: &VolumeRecord) -> VolumeInfo {
+        VolumeInfo {
+            name: rec.name.clone(),
+            mountpoint: self.mountpoint(rec).to_string_lossy().into_owned(),
+            // An unparsable time would fail dockerd's decoding of the whole answer.
+            created_at: chrono::DateTime::parse_from_rfc3339(&rec.created_at)
+                .ok()
+                .map(|_| rec.created_at.clone()),
+            status: None,
+        }
+    }
+
+    fn status(&self, rec: &VolumeRecord) -> Status {
+        let opts = options_of(rec);
+        let (remote, port) = match &opts {
+            Ok(o) => (remote_string(o), o.port),
+            Err(_) => ("(stored options no longer valid)".to_string(), 0),
+        };
+        let mut st = Status {
+            remote,
+            port,
+            state: "idle",
+            active_mounts: rec.mounts.total(),
+            last_error: None,
+            last_error_at: None,
+            host_key: rec.host_key.clone(),
+            bytes_read: 0,
+            bytes_written: 0,
+            reconnects: 0,
+        };
+        if let Err(e) = &opts {
+            st.state = "failed";
+            st.last_error = Some(e.to_string());
+        }
+        let Some(slot) = lock(&self.slots).get(&rec.name).cloned() else {
+            return st;
+        };
+        let live = lock(&slot.live);
+        if let Some((msg, at)) = &live.last_error {
+            st.last_error = Some(msg.clone());
+            st.last_error_at = Some(at.clone());
+        }
+        if let Some(m) = &live.mounted {
+            // Read under the lock on purpose: holding no clone of the Arc keeps `stop` able
+            // to take the mount back by value.
+            let s = m.stats();
+            st.state = if s.state == "reconnecting" {
+                "reconnecting"
+            } else {
+                "mounted"
+            };
+            st.bytes_read = s.bytes_read;
+            st.bytes_written = s.bytes_written;
+            st.reconnects = s.reconnects;
+            if let Some(e) = s.last_error {
+                st.last_error = Some(e);
+                st.last_error_at = None;
+            }
+            if st.host_key.is_none() {
+                st.host_key = Some(m.host_key_fingerprint());
+            }
+        } else if live.mounting {
+            st.state = "mounting";
+        } else if live.failed {
+            st.state = "failed";
+        }
+        st
+    }
+
+    fn mountpoint(&self, rec: &VolumeRecord) -> PathBuf {
+        self.volumes_dir.join(&rec.dir)
+    }
+
+    /// The options to connect with: re-validated from what the user gave, plus the pinned host
+    /// key (accept-new: the first key seen is the only one accepted afterwards).
+    fn effective_options(&self, rec: &VolumeRecord) -> Result<MountOptions, DriverError> {
+        let mut o = options_of(rec).map_err(|source| DriverError::Options {
+            name: rec.name.clone(),
+            source,
+        })?;
+        if o.hostkey.is_none() && o.strict_host_key_checking != StrictHostKeyChecking::No {
+            o.hostkey = rec.host_key.clone();
+        }
+        Ok(o)
+    }
+
+    /// Prepares the directory and mounts, bounded by `MOUNT_DEADLINE`. On failure nothing is
+    /// left mounted or connected.
+    async fn connect(
+        &self,
+        name: &str,
+        opts: &MountOptions,
+        mp: &Path,
+    ) -> Result<Mounted, DriverError> {
+        let prep =
+            prepare_mountpoint(&self.volumes_dir, mp).map_err(|e| DriverError::Mountpoint {
+                path: mp.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if prep {
+            tracing::info!(volume = %name, "detached a stale mount at its mount directory");
+        }
+        let remote = remote_string(opts);
+        tracing::info!(volume = %name, remote = %remote, port = opts.port, "connecting");
+        // Spawned so that a panic in the mount code becomes an error for this call only.
+        let task = {
+            let opts = opts.clone();
+            let mp = mp.to_path_buf();
+            tokio::spawn(async move {
+                tokio::time::timeout(MOUNT_DEADLINE, mount::mount(&opts, &mp)).await
+            })
+        };
+        let fail = |reason: String| DriverError::Mount {
+            name: name.to_string(),
+            remote: format!("{remote} (port {})", opts.port),
+            reason,
+        };
+        match task.await {
+            Ok(Ok(Ok(m))) => Ok(m),
+            Ok(Ok(Err(e))) => Err(fail(e.to_string())),
+            Ok(Err(_elapsed)) => {
+                let _ = mount::lazy_unmount(mp);
+                Err(fail(format!(
+                    "gave up after {} s; check that the server answers and the network path to it",
+                    MOUNT_DEADLINE.as_secs()
+                )))
+            }
+            Err(e) => {
+                let _ = mount::lazy_unmount(mp);
+                tracing::error!(volume = %name, "the mount task failed: {e}");
+                Err(DriverError::Internal(name.to_string()))
+            }
+        }
+    }
+
+    /// Unmounts the live mount, if any. Failures are logged and recorded, not returned: the
+    /// count is already gone and dockerd cannot do anything useful with an Unmount error.
+    async fn stop(&self, name: &str, slot: &Slot, mp: &Path) {
+        let (mounted, watcher) = {
+            let mut live = lock(&slot.live);
+            live.generation += 1;
+            (live.mounted.take(), live.watcher.take())
+        };
+        if let Some(w) = watcher {
+            w.abort();
+            let _ = w.await;
+        }
+        let Some(mounted) = mounted else { return };
+        let result = match Arc::try_unwrap(mounted) {
+            Ok(m) => m.unmount().await,
+            // Nobody else should hold it; if someone does, detach the mount and let the
+            // connection close when the last holder drops it.
+            Err(_) => mount::lazy_unmount(mp),
+        };
+        match result {
+            Ok(()) => tracing::info!(volume = %name, "unmounted"),
+            Err(e) => {
+                tracing::warn!(volume = %name, "unmount failed: {e}");
+                lock(&slot.live).record_error(&format!("unmount failed: {e}"));
+            }
+        }
+    }
+
+    /// Cleans up when a mount ends by itself (say, someone ran umount on the host). The counts
+    /// stay, so the next Mount mounts again.
+    fn watch(
+        self: &Arc<Self>,
+        name: &str,
+        slot: &Arc<Slot>,
+        mounted: Arc<Mounted>,
+        generation: u64,
+        mp: &Path,
+    ) -> JoinHandle<()> {
+        let (name, slot, mp) = (name.to_string(), slot.clone(), mp.to_path_buf());
+        tokio::spawn(async move {
+            mounted.ended().await;
+            let _guard = slot.op.lock().await;
+            let taken = {
+                let mut live = lock(&slot.live);
+                if live.generation != generation {
+                    return;
+                }
+                live.generation += 1;
+                // This task is the watcher: detach its own handle rather than abort itself.
+                live.watcher = None;
+                live.record_error(
+                    "the mount ended outside the plugin; the next Mount mounts again",
+                );
+                live.mounted.take()
+            };
+            drop(mounted);
+            tracing::warn!(volume = %name, "the mount ended unexpectedly");
+            let result = match taken.map(Arc::try_unwrap) {
+                Some(Ok(m)) => m.unmount().await,
+                _ => mount::lazy_unmount(&mp),
+            };
+            if let Err(e) = result {
+                tracing::debug!(volume = %name, "cleanup after the mount ended: {e}");
+            }
+        })
+    }
+
+    /// Takes the volume's lock. Retries if the slot was replaced (the volume was removed and
+    /// re-created while we waited), so two slots can never mount the same volume.
+    async fn lock_volume(&self, name: &str) -> (Arc<Slot>, tokio::sync::OwnedMutexGuard<()>) {
+        loop {
+            let slot = lock(&self.slots)
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        op: Arc::new(tokio::sync::Mutex::new(())),
+                        live: Mutex::new(Live::default()),
+                    })
+                })
+                .clone();
+            let guard = slot.op.clone().lock_owned().await;
+            let current = lock(&self.slots)
+                .get(name)
+                .is_some_and(|s| Arc::ptr_eq(s, &slot));
+            if current {
+                return (slot, guard);
+            }
+        }
+    }
+
+    /// Drops the slot of a volume that no longer exists (keeps the map from growing with names
+    /// that were only ever asked about).
+    fn forget(&self, name: &str, slot: &Arc<Slot>) {
+        let mut slots = lock(&self.slots);
+        if slots.get(name).is_some_and(|s| Arc::ptr_eq(s, slot))
+            && lock(&slot.live).mounted.is_none()
+        {
+            slots.remove(name);
+        }
+    }
+}
+
+fn options_of(rec: &VolumeRecord) -> Result<MountOptions, OptionError> {
+    options::parse(
+        &options::from_docker_opts(&rec.docker_opts()),
+        None,
+        Context::Plugin,
+    )
+    .map(|p| p.options)
+}
+
+/// `user@host:path` with the login the plugin uses when none is given.
+fn remote_string(o: &MountOptions) -> String {
+    let mut r = o.remote.clone();
+    r.user = Some(r.login("root"));
+    r.to_string()
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data; keep serving.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Refuses names that could not be a single directory entry or that look like path tricks.
+/// Accepted names are never used as paths directly (see `mount_dir_name`).
+pub fn validate_name(name: &str) -> Result<(), DriverError> {
+    let bad = |why| DriverError::BadName {
+        shown: shown_name(name),
+        why,
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty; give the volume a name"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(bad("it is longer than 255 bytes; use a shorter name"));
+    }
+    if name.contains('/') {
+        return Err(bad(
+            "it contains '/'; use letters, digits, '_', '.' and '-'",
+        ));
+    }
+    if name.contains("..") {
+        return Err(bad(
+            "it contains '..'; use letters, digits, '_', '.' and '-'",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad(
+            "it contains a NUL or other control character; use letters, digits, '_', '.' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// A short, quoted, escaped form of a name for error messages (names can be 4 KiB of junk).
+fn shown_name(name: &str) -> String {
+    let short: String = name.chars().take(64).collect();
+    let more = if short.len() < name.len() { "..." } else { "" };
+    format!("{:?}{more}", short)
+}
+
+/// The mount directory of a volume: a readable, sanitised prefix of the name plus a hash of the
+/// full name, so that different names never share a directory and any name is a safe path
+/// component.
+pub fn mount_dir_name(name: &str) -> String {
+    let mut prefix: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if prefix.starts_with('.') {
+        prefix.replace_range(..1, "_");
+    }
+    let hash = hex::encode(Sha256::digest(name.as_bytes()));
+    format!("{prefix}-{}", &hash[..32])
+}
+
+/// Creates `dir` (and parents) traversable by everyone, whatever the process umask (0077 in
+/// `serve`); an existing directory is left as it is.
+fn create_dir_0755(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
+/// Makes `mp` an empty directory we can mount on. Returns true if a stale mount had to be
+/// detached first (left by a crashed run: stat fails with ENOTCONN, or it is still a mountpoint
+/// although we hold no mount for it).
+fn prepare_mountpoint(volumes_dir: &Path, mp: &Path) -> io::Result<bool> {
+    create_dir_0755(volumes_dir)?;
+    let mut detached = false;
+    match std::fs::symlink_metadata(mp) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir(mp)?;
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            mount::lazy_unmount(mp)?;
+            detached = true;
+        }
+        Err(e) => return Err(e),
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(io::Error::other(
+                    "it exists and is not a directory; remove it on the host",
+                ));
+            }
+            let parent = std::fs::metadata(volumes_dir)?;
+            if meta.dev() != parent.dev() {
+                mount::lazy_unmount(mp)?;
+                detached = true;
+            }
+        }
+    }
+    // Containers may run as any user; the mounted filesystem sets its own root permissions.
+    std::fs::set_permissions(mp, std::fs::Permissions::from_mode(0o755))?;
+    Ok(detached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["v", "my-vol_1.x", "ünïcode", "with space", "a@b:c"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(4096);
+        for bad in ["", "a/b", "..", "a..b", "nul\0", "nl\n", long.as_str()] {
+            let e = validate_name(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid volume name"), "{e}");
+            assert!(e.len() < 300, "error stays short: {e}");
+        }
+    }
+
+    #[test]
+    fn mount_dirs_are_distinct_safe_components() {
+        let names = [
+            "vol",
+            "vol_",
+            "vol?",
+            "VOL",
+            ".hidden",
+            "ünï",
+            &"y".repeat(255),
+        ];
+        let dirs: Vec<String> = names.iter().map(|n| mount_dir_name(n)).collect();
+        for (i, d) in dirs.iter().enumerate() {
+            assert!(
+                !d.contains('/') && !d.starts_with('.') && d.len() <= 100,
+                "{d}"
+            );
+            assert!(d.is_ascii());
+            for e in &dirs[i + 1..] {
+                assert_ne!(d, e);
+            }
+        }
+        assert_eq!(mount_dir_name("vol"), mount_dir_name("vol"), "stable");
+        assert!(mount_dir_name("vol").starts_with("vol-"));
+    }
+
+    fn temp_driver(tag: &str) -> (Arc<Driver>, PathBuf) {
+        let d = std::env::temp_dir().join(format!("dvs-driver-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let store = Store::open(&d.join("state")).unwrap();
+        (Driver::new(store, d.join("volumes")), d)
+    }
+
+    fn opts(items: &[(&str, &str)]) -> BTreeMap<String, String> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn create_get_list_remove_without_a_server() {
+        let (drv, dir) = temp_driver("lifecycle");
+        let o = opts(&[
+            ("sshcmd", "u@h:/srv"),
+            ("password", "hunter2"),
+            ("port", "2222"),
+        ]);
+        drv.create("v", o.clone()).await.unwrap();
+        drv.create("v", o).await.unwrap();
+        let e = drv
+            .create("v", opts(&[("sshcmd", "u@h:/other")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DriverError::Exists(_)), "{e}");
+
+        let info = drv.get("v").unwrap();
+        let shown = serde_json::to_string(&info).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(r#""remote":"u@h:/srv""#) && shown.contains(r#""state":"idle""#));
+        assert!(info.created_at.is_some());
+        assert_eq!(drv.list().unwrap().len(), 1);
+        assert_eq!(
+            drv.path("v").unwrap(),
+            dir.join("volumes").join(mount_dir_name("v"))
+        );
+
+        // Unmounting an ID that was never counted changes nothing and does not fail.
+        drv.unmount("v", "never-mounted").await.unwrap();
+        drv.remove("v").await.unwrap();
+        assert!(matches!(drv.get("v"), Err(DriverError::NotFound(_))));
+        // Removing again (dockerd and the plugin disagree) is not an error.
+        drv.remove("v").await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn remove_never_deletes_files_in_the_mount_directory() {
+        let (drv, dir) = temp_driver("rmdir");
+        drv.create("v", opts(&[("sshcmd", "h:/x")])).await.unwrap();
+        let mp = drv.path("v").unwrap();
+        std::fs::create_dir_all(&mp).unwrap();
+        std::fs::write(mp.join("keep"), b"data").unwrap();
+        drv.remove("v").await.unwrap();
+        assert_eq!(std::fs::read(mp.join("keep")).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_options_and_names_are_refused_at_create() {
+        let (drv, dir) = temp_driver("refuse");
+        let e = drv.create("v", opts(&[])).await.unwrap_err().to_string();
+        assert!(e.contains("missing option sshcmd"), "{e}");
+        let e = drv
+            .create("v", opts(&[("sshcmd", "h:/x"), ("password_stdin", "")]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_file"), "{e}");
+        let e = drv
+            .create("../x", opts(&[("sshcmd", "h:/x")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DriverError::BadName { .. }));
+        assert!(drv.list().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remote_shows_the_login_used() {
+        let raw = options::from_docker_opts(&[("sshcmd".to_string(), "h:/x".to_string())].into());
+        let o = options::parse(&raw, None, Context::Plugin).unwrap().options;
+        assert_eq!(remote_string(&o), "root@h:/x");
+    }
+}

@@ -863,7 +863,7 @@ impl Inner {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
         let perm = mode & 0o7777;
         let exclusive = flags & libc::O_EXCL != 0;
-        let mut sflags = Self::sftp_flags(flags) | OpenFlags::CREATE | OpenFlags::WRITE;
+        let mut sflags = Self::sftp_flags(flags) | OpenFlags::CREATE;
         if exclusive {
             sflags |= OpenFlags::EXCLUDE;
         }

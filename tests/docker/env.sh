@@ -1,0 +1,21 @@
+# shellcheck shell=bash
+# Settings shared by the test scripts, docker-compose.test.yml and tests/plugin_e2e.rs.
+# Sourced; every value can be overridden from the environment. Keep the defaults in sync with
+# docker-compose.test.yml and tests/e2e/mod.rs (Config::from_env).
+
+# The plugin under test (as installed by ./build-rootfs.sh --install NAME).
+export SSHFS_PLUGIN=${SSHFS_PLUGIN:-vendor/sshfs:latest}
+# The test SSH server: host networking, loopback only.
+export SSHFS_TEST_HOST=127.0.0.1
+export SSHFS_TEST_PORT=${SSHFS_TEST_PORT:-2222}
+export SSHFS_TEST_PASSWORD=${SSHFS_TEST_PASSWORD:-tester-secret}
+export SSHFS_TEST_ROOT_PASSWORD=${SSHFS_TEST_ROOT_PASSWORD:-root-secret}
+# Host directory holding the server's /data (data/), host keys (hostkeys/) and the client key
+# pair (client/: id_ed25519, id_ed25519.pub, authorized_keys), also used as the plugin's
+# sshkey.source in the key-auth test.
+export SSHFS_TEST_DIR=${SSHFS_TEST_DIR:-/tmp/sshfs-e2e}
+export SSHFS_TEST_BUSYBOX_IMAGE=${SSHFS_TEST_BUSYBOX_IMAGE:-sshfs-test/busybox:latest}
+export SSHFS_TEST_SSHD_IMAGE=${SSHFS_TEST_SSHD_IMAGE:-sshfs-test/sshd:latest}
+# docker-compose project and container name of the test SSH server.
+export SSHFS_TEST_PROJECT=${SSHFS_TEST_PROJECT:-sshfs-test}
+export SSHFS_TEST_SSHD_CONTAINER=${SSHFS_TEST_SSHD_CONTAINER:-sshfs-test-sshd}

@@ -1,0 +1,631 @@
+//! Helpers for the end-to-end tests that drive a real Docker engine with the installed plugin.
+//!
+//! The environment (plugin, test SSH server, images) is prepared by `tests/run.sh`; settings come
+//! from the variables of `tests/docker/env.sh` (same defaults here). The tests skip themselves
+//! unless `SSHFS_E2E=1`, so a bare `cargo test` on a machine without Docker still passes.
+//!
+//! Everything a test creates is named `sshfs-e2e-*` (volumes, services, compose projects) or
+//! labelled `org.sshfs-test.e2e` (containers), and removed by Drop guards even when the test fails;
+//! `tests/run.sh` removes leftovers of aborted runs.
+//!
+//! Serialisation: tests that disable the plugin, change its settings or the swarm state take the
+//! global lock exclusively ([`Kind::Exclusive`]); all others share it and run in parallel.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Longer than dockerd's own 2-minute Create/Mount timeout, so dockerd's error is what we see.
+pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(150);
+/// The label every container started by these tests carries (for cleanup by tests/run.sh).
+pub const LABEL: &str = "org.sshfs-test.e2e=1";
+/// Prefix of every volume, service and compose project name the tests create.
+pub const PREFIX: &str = "sshfs-e2e";
+
+/// Settings from the environment; defaults as in tests/docker/env.sh.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub plugin: String,
+    pub host: String,
+    pub port: u16,
+    pub password: String,
+    pub root_password: String,
+    /// Host dir with data/ (the server's /data), hostkeys/, client/ (key pair).
+    pub dir: PathBuf,
+    pub image: String,
+    pub sshd_container: String,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+impl Config {
+    pub fn from_env() -> Config {
+        let port = env_or("SSHFS_TEST_PORT", "2222");
+        Config {
+            plugin: env_or("SSHFS_PLUGIN", "vendor/sshfs:latest"),
+            host: env_or("SSHFS_TEST_HOST", "127.0.0.1"),
+            port: port
+                .parse()
+                .unwrap_or_else(|_| panic!("SSHFS_TEST_PORT={port} is not a port number")),
+            password: env_or("SSHFS_TEST_PASSWORD", "tester-secret"),
+            root_password: env_or("SSHFS_TEST_ROOT_PASSWORD", "root-secret"),
+            dir: PathBuf::from(env_or("SSHFS_TEST_DIR", "/tmp/sshfs-e2e")),
+            image: env_or("SSHFS_TEST_BUSYBOX_IMAGE", "sshfs-test/busybox:latest"),
+            sshd_container: env_or("SSHFS_TEST_SSHD_CONTAINER", "sshfs-test-sshd"),
+        }
+    }
+
+    /// Where the server's /data is on the host.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The client key pair (also usable as the plugin's sshkey.source).
+    pub fn client_key_dir(&self) -> PathBuf {
+        self.dir.join("client")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running commands
+
+/// What a finished (or killed) command produced.
+#[derive(Debug)]
+pub struct Out {
+    pub cmdline: String,
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    /// stdout and stderr together, for assertions on messages.
+    pub fn text(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "`{}` {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.cmdline,
+            if self.timed_out {
+                "TIMED OUT".to_string()
+            } else {
+                format!("exited with {:?}", self.code)
+            },
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+
+    /// Panics with the full output unless the command succeeded; `what` says what it was for.
+    #[track_caller]
+    pub fn ok(self, what: &str) -> Out {
+        if !self.success() {
+            panic!("{what}: command failed: {}", self.describe());
+        }
+        self
+    }
+
+    /// Panics unless the command failed (and did not just time out).
+    #[track_caller]
+    pub fn fails(self, what: &str) -> Out {
+        if self.timed_out {
+            panic!(
+                "{what}: expected a clear failure, but it hung: {}",
+                self.describe()
+            );
+        }
+        if self.success() {
+            panic!("{what}: expected the command to fail: {}", self.describe());
+        }
+        self
+    }
+}
+
+/// Runs a command with stdin closed, capturing output, killing it after `timeout`.
+pub fn run_cmd<S: AsRef<str>>(program: &str, args: &[S], timeout: Duration) -> Out {
+    run_cmd_env(program, args, &[], timeout)
+}
+
+/// [`run_cmd`] with extra environment variables.
+pub fn run_cmd_env<S: AsRef<str>>(
+    program: &str,
+    args: &[S],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> Out {
+    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+    let cmdline = std::iter::once(program.to_string())
+        .chain(args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new(program)
+        .args(&args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{cmdline}`: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t_err = thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() >= deadline => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for `{cmdline}`: {e}"),
+        }
+    };
+    let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+    Out {
+        cmdline,
+        code: status.and_then(|s| s.code()),
+        timed_out,
+        stdout,
+        stderr,
+    }
+}
+
+/// `docker ARGS...` with the default timeout.
+pub fn docker<S: AsRef<str>>(args: &[S]) -> Out {
+    run_cmd("docker", args, DOCKER_TIMEOUT)
+}
+
+/// Polls `f` every 200 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Case-insensitive substring assertion with the whole text in the failure message.
+#[track_caller]
+pub fn assert_mentions(text: &str, needle: &str, what: &str) {
+    assert!(
+        text.to_lowercase().contains(&needle.to_lowercase()),
+        "{what}: expected the message to mention {needle:?}, got:\n{text}"
+    );
+}
+
+/// The opposite: e.g. secrets that must never be printed.
+#[track_caller]
+pub fn assert_not_mentions(text: &str, needle: &str, what: &str) {
+    assert!(
+        !text.contains(needle),
+        "{what}: the message must not contain {needle:?}, got:\n{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test context, serialisation
+
+static LOCK: RwLock<()> = RwLock::new(());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a test may run alongside others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Uses its own volumes only.
+    Shared,
+    /// Disables the plugin, changes its settings, joins a swarm or counts all of the plugin's mounts.
+    Exclusive,
+}
+
+enum Held {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+/// One test's context: configuration and its place in the serialisation. Declare it first in a
+/// test so that it is dropped last (after the volumes and containers it guards).
+pub struct Ctx {
+    pub cfg: Config,
+    pub name: String,
+    _held: Held,
+}
+
+/// Starts a test, or returns `None` (the test then returns) when e2e tests are not enabled.
+pub fn setup(name: &str, kind: Kind) -> Option<Ctx> {
+    if std::env::var("SSHFS_E2E").ok().as_deref() != Some("1") {
+        eprintln!(
+            "skipping {name}: end-to-end tests need Docker and the plugin; run tests/run.sh (sets SSHFS_E2E=1)"
+        );
+        return None;
+    }
+    // A panicking test poisons the lock; the others must still run.
+    let held = match kind {
+        Kind::Shared => Held::Shared(LOCK.read().unwrap_or_else(|e| e.into_inner())),
+        Kind::Exclusive => Held::Exclusive(LOCK.write().unwrap_or_else(|e| e.into_inner())),
+    };
+    let cfg = Config::from_env();
+    let ctx = Ctx {
+        cfg,
+        name: name.to_string(),
+        _held: held,
+    };
+    let enabled = docker(&[
+        "plugin",
+        "inspect",
+        "-f",
+        "{{.Enabled}}",
+        ctx.cfg.plugin.as_str(),
+    ]);
+    if enabled.stdout.trim() != "true" {
+        // An earlier test may have failed between disable and enable.
+        docker(&["plugin", "enable", ctx.cfg.plugin.as_str()]);
+    }
+    Some(ctx)
+}
+
+impl Ctx {
+    /// A name unique in this run and across runs: sshfs-e2e-<tag>-<pid>-<n>.
+    pub fn unique(&self, tag: &str) -> String {
+        format!(
+            "{PREFIX}-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A fresh directory on the test server, owned by tester (uid 1000).
+    pub fn remote_dir(&self, tag: &str) -> RemoteDir {
+        let name = self.unique(tag);
+        let host = self.cfg.data_dir().join(&name);
+        fs::create_dir_all(&host).unwrap_or_else(|e| panic!("creating {}: {e}", host.display()));
+        std::os::unix::fs::chown(&host, Some(1000), Some(1000))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", host.display()));
+        fs::set_permissions(&host, fs::Permissions::from_mode(0o755)).unwrap();
+        RemoteDir {
+            host,
+            remote: format!("/data/{name}"),
+        }
+    }
+
+    /// `tester@127.0.0.1:<path>`
+    pub fn sshcmd(&self, remote_path: &str) -> String {
+        format!("tester@{}:{}", self.cfg.host, remote_path)
+    }
+
+    /// The usual options: password login as tester to `dir`.
+    pub fn password_opts(&self, dir: &RemoteDir) -> Vec<String> {
+        vec![
+            format!("sshcmd={}", self.sshcmd(&dir.remote)),
+            format!("password={}", self.cfg.password),
+            format!("port={}", self.cfg.port),
+        ]
+    }
+
+    /// `docker volume create -d <plugin> -o OPT... NAME`, returning the raw output.
+    pub fn try_create_volume(&self, name: &str, opts: &[String]) -> Out {
+        let mut args = vec![
+            "volume".to_string(),
+            "create".into(),
+            "-d".into(),
+            self.cfg.plugin.clone(),
+        ];
+        for o in opts {
+            args.push("-o".into());
+            args.push(o.clone());
+        }
+        args.push(name.to_string());
+        docker(&args)
+    }
+
+    /// Creates a volume that must succeed; removed when the guard drops.
+    pub fn volume(&self, tag: &str, opts: &[String]) -> Volume {
+        let name = self.unique(tag);
+        let guard = Volume { name: name.clone() };
+        self.try_create_volume(&name, opts)
+            .ok(&format!("{}: docker volume create {name}", self.name));
+        guard
+    }
+
+    /// Password volume on a fresh remote dir.
+    pub fn password_volume(&self, tag: &str) -> (Volume, RemoteDir) {
+        let dir = self.remote_dir(tag);
+        let vol = self.volume(tag, &self.password_opts(&dir));
+        (vol, dir)
+    }
+
+    /// `docker run --rm --network none -v VOL:/data [extra] busybox sh -c SCRIPT`.
+    pub fn run(&self, vol: &str, extra: &[&str], script: &str) -> Out {
+        let name = self.unique("c");
+        let _guard = Container { name: name.clone() };
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--rm".into(),
+            "--name".into(),
+            name,
+            "--label".into(),
+            LABEL.into(),
+            "--network".into(),
+            "none".into(),
+            "-v".into(),
+            format!("{vol}:/data"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend([
+            self.cfg.image.clone(),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ]);
+        docker(&args)
+    }
+
+    /// Same as [`Ctx::run`], but must succeed; returns stdout.
+    #[track_caller]
+    pub fn run_ok(&self, vol: &str, extra: &[&str], script: &str) -> String {
+        self.run(vol, extra, script)
+            .ok(&format!(
+                "{}: container on {vol} running `{script}`",
+                self.name
+            ))
+            .stdout
+    }
+
+    /// A container left running (`sleep`) with the volume at /data; removed on drop.
+    pub fn start(&self, vol: &str) -> Container {
+        let name = self.unique("bg");
+        let guard = Container { name: name.clone() };
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            LABEL,
+            "--network",
+            "none",
+            "-v",
+            &format!("{vol}:/data"),
+            &self.cfg.image,
+            "sleep",
+            "3600",
+        ])
+        .ok(&format!(
+            "{}: starting a background container on {vol}",
+            self.name
+        ));
+        guard
+    }
+
+    /// Reads a file the server has (via the bind-mounted /data), if present.
+    pub fn server_file(&self, dir: &RemoteDir, rel: &str) -> Option<String> {
+        fs::read_to_string(dir.host.join(rel)).ok()
+    }
+
+    /// Asserts the server has `rel` in `dir` with exactly `content`.
+    #[track_caller]
+    pub fn assert_server_file(&self, dir: &RemoteDir, rel: &str, content: &str) {
+        let got = self.server_file(dir, rel);
+        assert_eq!(
+            got.as_deref(),
+            Some(content),
+            "{}: server file {}/{rel}",
+            self.name,
+            dir.host.display()
+        );
+    }
+
+    /// The host directory under which the plugin's mounts appear.
+    pub fn propagated_mount_root(&self) -> PathBuf {
+        let id = docker(&[
+            "plugin",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            self.cfg.plugin.as_str(),
+        ])
+        .ok("plugin id")
+        .stdout
+        .trim()
+        .to_string();
+        let root = docker(&["info", "-f", "{{.DockerRootDir}}"])
+            .ok("docker root dir")
+            .stdout
+            .trim()
+            .to_string();
+        Path::new(&root)
+            .join("plugins")
+            .join(id)
+            .join("propagated-mount")
+    }
+
+    /// Current value of a plugin mount setting (`state`, `sshkey`): its host source.
+    pub fn plugin_mount_source(&self, mount: &str) -> String {
+        docker(&[
+            "plugin",
+            "inspect",
+            "-f",
+            &format!("{{{{range .Settings.Mounts}}}}{{{{if eq .Name \"{mount}\"}}}}{{{{.Source}}}}{{{{end}}}}{{{{end}}}}"),
+            self.cfg.plugin.as_str(),
+        ])
+        .ok(&format!("reading the plugin's {mount}.source"))
+        .stdout
+        .trim()
+        .to_string()
+    }
+
+    /// Disables the plugin (forced: our volumes may exist), applies `settings` (`key=value`),
+    /// enables it again. The returned guard restores the previous values the same way.
+    pub fn plugin_settings(&self, settings: &[(&str, String)]) -> PluginSettings {
+        let mut restore = Vec::new();
+        for (key, _) in settings {
+            let mount = key
+                .strip_suffix(".source")
+                .unwrap_or_else(|| panic!("only mount sources are supported, not {key}"));
+            restore.push((key.to_string(), self.plugin_mount_source(mount)));
+        }
+        let guard = PluginSettings {
+            plugin: self.cfg.plugin.clone(),
+            restore,
+        };
+        apply_settings(
+            &self.cfg.plugin,
+            &settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<Vec<_>>(),
+        );
+        guard
+    }
+}
+
+fn apply_settings(plugin: &str, settings: &[(String, String)]) {
+    docker(&["plugin", "disable", "-f", plugin]).ok("docker plugin disable -f");
+    let mut args = vec!["plugin".to_string(), "set".into(), plugin.to_string()];
+    args.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
+    let set = docker(&args);
+    // Enable even if set failed, so later tests find the plugin working.
+    let enable = docker(&["plugin", "enable", plugin]);
+    set.ok("docker plugin set");
+    enable.ok("docker plugin enable");
+}
+
+/// Restores plugin settings on drop.
+pub struct PluginSettings {
+    plugin: String,
+    restore: Vec<(String, String)>,
+}
+
+impl Drop for PluginSettings {
+    fn drop(&mut self) {
+        let restore = std::mem::take(&mut self.restore);
+        let plugin = self.plugin.clone();
+        // Don't panic while already panicking (it would abort and hide the first failure).
+        let r = std::panic::catch_unwind(move || apply_settings(&plugin, &restore));
+        if let Err(e) = r
+            && !thread::panicking()
+        {
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+/// A directory on the test server: `host` is the same directory seen on this machine.
+#[derive(Clone, Debug)]
+pub struct RemoteDir {
+    pub host: PathBuf,
+    pub remote: String,
+}
+
+/// Removes the volume on drop (`docker volume rm -f`), failures ignored.
+pub struct Volume {
+    pub name: String,
+}
+
+impl Volume {
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let out = docker(&["volume", "rm", "-f", self.name.as_str()]);
+        if !out.success() {
+            eprintln!("cleanup: {}", out.describe());
+        }
+    }
+}
+
+/// Removes the container on drop (`docker rm -f`), failures ignored.
+pub struct Container {
+    pub name: String,
+}
+
+impl Container {
+    /// `docker exec NAME sh -c SCRIPT`
+    pub fn exec(&self, script: &str) -> Out {
+        docker(&["exec", self.name.as_str(), "sh", "-c", script])
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = run_cmd(
+            "docker",
+            &["rm", "-f", self.name.as_str()],
+            Duration::from_secs(60),
+        );
+    }
+}
+
+/// FUSE mounts (mount points) under `root`, from this process's mountinfo.
+pub fn fuse_mounts_under(root: &Path) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
+    let root = root.to_string_lossy().to_string();
+    info.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let mountpoint = unescape_mountinfo(pre.split(' ').nth(4)?);
+            (fstype.starts_with("fuse") && mountpoint.starts_with(&root)).then_some(mountpoint)
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
