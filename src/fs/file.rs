@@ -2,9 +2,14 @@
 //! failure is reported by the next write, flush, fsync or release) and adaptive read-ahead
 //! (sequential readers get the following chunks fetched in parallel before they ask).
 //!
+//! Metadata changes (chmod, utimes) to a file that is open are deferred the same way and sent
+//! as one fsetstat once its queued writes are done (so an explicit mtime is not overwritten by
+//! a late write): `tar` and `cp -p` set times and mode on every file before closing it.
+//!
 //! Consistency rules: anything that reads file content or size from the server first waits
-//! until the inode's queued writes are done (`InodeIo::drain`), and every write or truncate
-//! bumps the inode's generation so prefetched data from before it is never served.
+//! until the inode's queued writes are done (`InodeIo::drain`; `settle` also applies deferred
+//! metadata), and every write or truncate bumps the inode's generation so prefetched data from
+//! before it is never served.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
 
-use crate::sftp::{Error, File};
+use crate::sftp::{Error, File, FileAttributes};
 
 /// Read-ahead unit: four pipelined 64 KiB SFTP reads.
 const CHUNK: u64 = 256 * 1024;
@@ -36,6 +41,10 @@ pub struct InodeIo {
     next_id: AtomicU64,
     /// Bumped whenever the content changes through us.
     generation: AtomicU64,
+    /// Mode and times set while the file is open, not yet sent, and a handle to send them with.
+    deferred: Mutex<Option<(FileAttributes, Arc<File>)>>,
+    /// A failure of deferred work found outside flush (e.g. by a getattr), for the next flush.
+    error: Mutex<Option<Error>>,
 }
 
 impl Default for InodeIo {
@@ -45,6 +54,8 @@ impl Default for InodeIo {
             ranges: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            deferred: Mutex::new(None),
+            error: Mutex::new(None),
         }
     }
 }
@@ -59,8 +70,38 @@ impl InodeIo {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
+    /// Waits for queued writes, then sends deferred metadata.
+    pub async fn settle(&self) -> Result<(), Error> {
+        self.drain().await;
+        let deferred = self.deferred.lock().unwrap().take();
+        if let Some((attrs, file)) = deferred {
+            file.fsetstat(attrs).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a mode and/or times change, merged with any already queued.
+    pub fn defer(&self, set: FileAttributes, file: Arc<File>) {
+        let mut d = self.deferred.lock().unwrap();
+        let (attrs, _) = d.get_or_insert_with(|| (FileAttributes::default(), file));
+        if set.permissions.is_some() {
+            attrs.permissions = set.permissions;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            attrs.atime = set.atime;
+            attrs.mtime = set.mtime;
+        }
+    }
+
+    pub fn keep_error(&self, e: Error) {
+        let mut slot = self.error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
     pub fn has_pending(&self) -> bool {
-        *self.inflight.borrow() != 0
+        *self.inflight.borrow() != 0 || self.deferred.lock().unwrap().is_some()
     }
 
     /// Content changed (or is about to): prefetched data is stale.
@@ -155,6 +196,10 @@ impl OpenFile {
         if let Some(e) = self.take_error() {
             return Err(e);
         }
+        // A write after a deferred utimes must land after it (the write sets mtime to now).
+        if self.io.deferred.lock().unwrap().is_some() {
+            self.io.settle().await?;
+        }
         let len = data.len() as u64;
         let permits = budget
             .clone()
@@ -201,14 +246,17 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Waits for this inode's queued writes and returns (once) any failure among this
-    /// handle's.
+    /// Waits for this inode's queued writes and deferred metadata and returns (once) any
+    /// failure among this handle's.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.io.drain().await;
-        match self.take_error() {
-            Some(e) => Err(e),
-            None => Ok(()),
+        let settled = self.io.settle().await;
+        if let Some(e) = self.take_error() {
+            return Err(e);
         }
+        if let Some(e) = self.io.error.lock().unwrap().take() {
+            return Err(e);
+        }
+        settled
     }
 
     pub async fn read(

@@ -239,13 +239,26 @@ impl Inner {
             .map(|(io, _)| Arc::clone(io))
     }
 
-    /// Lets queued writes of `ino` reach the server before its size or content is read.
-    async fn drain(&self, ino: u64) {
+    /// Lets queued writes and deferred metadata of `ino` reach the server before its
+    /// attributes are read from there. A failure is kept for the next flush.
+    async fn settle(&self, ino: u64) {
         if let Some(io) = self.io_of(ino)
             && io.has_pending()
+            && let Err(e) = io.settle().await
         {
-            io.drain().await;
+            io.keep_error(e);
         }
+    }
+
+    /// An open handle of `ino`, to change its attributes through.
+    fn any_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap()
+            .open
+            .values()
+            .find(|of| of.ino == ino)
+            .cloned()
     }
 
     fn register(&self, ino: u64, make: impl FnOnce(Arc<InodeIo>) -> OpenFile) -> u64 {
@@ -328,7 +341,7 @@ impl Inner {
             t.ino_of(&cpath)
         };
         if let Some(ino) = existing {
-            self.drain(ino).await;
+            self.settle(ino).await;
         }
         match self.stat_remote(&cpath).await {
             Ok(a) => Ok(Entry::Found(self.remember(&cpath, a))),
@@ -357,7 +370,6 @@ impl Inner {
     }
 
     async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
-        self.drain(ino).await;
         let path = {
             let t = self.nodes.lock().unwrap();
             let node = t.get(ino).ok_or(Errno::ENOENT)?;
@@ -368,6 +380,7 @@ impl Inner {
             }
             node.path.clone()
         };
+        self.settle(ino).await;
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let a = self.fetch(path.as_deref(), handle.as_ref()).await?;
         if let Some(n) = self.nodes.lock().unwrap().get_mut(ino) {
@@ -402,9 +415,59 @@ impl Inner {
         if path.is_none() && handle.is_none() {
             return Err(Errno::ENOENT);
         }
+        // A chown to the owner it already has (tar and cp -p do this for every file) is a
+        // no-op; the same goes for half of a pair where the other half is not asked for.
+        let (mut uid, mut gid) = (uid, gid);
+        if base_fresh && let Some(b) = &base {
+            if uid.or(b.uid) == b.uid && gid.or(b.gid) == b.gid {
+                uid = None;
+                gid = None;
+            }
+            if mode.is_none()
+                && size.is_none()
+                && atime.is_none()
+                && mtime.is_none()
+                && uid.is_none()
+            {
+                let b = b.clone();
+                return Ok(self.file_attr(ino, &b));
+            }
+        }
+        let io = self.io_of(ino);
+        // Mode and times of an open file (with what we know of it) are sent later, together
+        // and after its queued writes.
+        let deferrable = size.is_none() && uid.is_none() && gid.is_none() && self.caching();
+        if deferrable
+            && let (Some(io), Some(base)) = (&io, &base)
+            && let Some(of) = self.any_handle(ino)
+        {
+            let mut set = FileAttributes {
+                permissions: mode.map(|m| m & 0o7777),
+                ..Default::default()
+            };
+            if atime.is_some() || mtime.is_some() {
+                set.atime = atime.map(resolve_time).or(base.atime);
+                set.mtime = mtime.map(resolve_time).or(base.mtime);
+            }
+            io.defer(set.clone(), Arc::clone(&of.file));
+            let mut a = base.clone();
+            if let Some(p) = set.permissions {
+                a.permissions = Some((attr::mode_of(base) & S_IFMT) | p);
+            }
+            if set.atime.is_some() {
+                a.atime = set.atime;
+                a.mtime = set.mtime;
+            }
+            if let Some(n) = self.nodes.lock().unwrap().get_mut(ino) {
+                n.attrs = Some(a.clone());
+                n.fresh_until = self.fresh_until();
+                n.ctime_floor = Some(SystemTime::now());
+            }
+            return Ok(self.file_attr(ino, &a));
+        }
         // Queued writes must not land after a truncate or overwrite the mtime we set.
-        if let Some(io) = self.io_of(ino) {
-            io.drain().await;
+        if let Some(io) = &io {
+            io.settle().await.map_err(|e| errno(&e))?;
             if size.is_some() {
                 io.invalidate();
             }
@@ -814,7 +877,7 @@ impl Inner {
         let sflags = Self::sftp_flags(flags);
         let truncate = sflags.contains(OpenFlags::TRUNCATE);
         if truncate && let Some(io) = self.io_of(ino) {
-            io.drain().await;
+            io.settle().await.map_err(|e| errno(&e))?;
             io.invalidate();
         }
         let f = self
