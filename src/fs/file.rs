@@ -113,6 +113,8 @@ impl InodeIo {
 type ChunkFuture = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, Error>>>;
 
 struct Chunk {
+    /// Bytes asked for: fewer back means end of file.
+    len: u64,
     data: ChunkFuture,
     abort: AbortHandle,
 }
@@ -259,20 +261,33 @@ impl OpenFile {
         settled
     }
 
+    /// Reads for the kernel. `known_size` is the size we last reported: the kernel does not
+    /// ask beyond it (rounded up to a page), and asking the server for exactly the bytes that
+    /// exist saves the extra round trip a short answer costs (the SFTP layer would ask again
+    /// for the missing tail to tell a short read from end of file).
     pub async fn read(
         self: &Arc<Self>,
         rt: &Handle,
         offset: u64,
         size: u32,
+        known_size: Option<u64>,
     ) -> Result<Vec<u8>, Error> {
         self.io.drain().await;
+        if let Some(k) = known_size {
+            self.size_hint.store(k, Ordering::Relaxed);
+        }
         let size64 = u64::from(size);
-        let chunks = self.plan(rt, offset, size64);
+        // Past the size we know, the file may have grown: ask for everything requested.
+        let want = match known_size {
+            Some(k) if offset < k && offset + size64 > k => k - offset,
+            _ => size64,
+        };
+        let chunks = self.plan(rt, offset, want);
         if let Some(chunks) = chunks {
-            let mut out = Vec::with_capacity(size as usize);
-            let end = offset + size64;
+            let mut out = Vec::with_capacity(want as usize);
+            let end = offset + want;
             let mut complete = true;
-            for (start, fut) in chunks {
+            for (start, len, fut) in chunks {
                 match fut.await {
                     Ok(data) => {
                         let from = offset.max(start) - start;
@@ -280,7 +295,7 @@ impl OpenFile {
                         if from < to {
                             out.extend_from_slice(&data[from as usize..to as usize]);
                         }
-                        if (data.len() as u64) < CHUNK {
+                        if (data.len() as u64) < len {
                             // The chunk met the end of the file as it was then.
                             break;
                         }
@@ -293,11 +308,11 @@ impl OpenFile {
             }
             // A short answer from read-ahead may be stale (the file may have grown since the
             // chunk was fetched), and a failed chunk may be transient: ask directly instead.
-            if complete && out.len() == size as usize {
+            if complete && out.len() as u64 == want {
                 return Ok(out);
             }
         }
-        let data = self.file.read(offset, size).await?;
+        let data = self.file.read(offset, want as u32).await?;
         self.size_hint
             .fetch_max(offset + data.len() as u64, Ordering::Relaxed);
         Ok(data)
@@ -306,7 +321,7 @@ impl OpenFile {
     /// Updates the access-pattern detector; for sequential access, makes sure the chunks
     /// covering this read and the window ahead are being fetched, and returns those covering
     /// this read. `None` means read directly.
-    fn plan(&self, rt: &Handle, offset: u64, size: u64) -> Option<Vec<(u64, ChunkFuture)>> {
+    fn plan(&self, rt: &Handle, offset: u64, size: u64) -> Option<Vec<(u64, u64, ChunkFuture)>> {
         let generation = self.io.generation.load(Ordering::SeqCst);
         let mut ra = self.ra.lock().unwrap();
         if ra.generation != generation {
@@ -347,8 +362,15 @@ impl OpenFile {
         while start < want_end {
             if let std::collections::btree_map::Entry::Vacant(slot) = ra.chunks.entry(start) {
                 let file = Arc::clone(&self.file);
+                // Up to the known end only (see `read`); the chunks this read needs are
+                // fetched whole even past it.
+                let len = if start + CHUNK > hint && hint > start {
+                    hint - start
+                } else {
+                    CHUNK
+                };
                 let task =
-                    rt.spawn(async move { file.read(start, CHUNK as u32).await.map(Arc::new) });
+                    rt.spawn(async move { file.read(start, len as u32).await.map(Arc::new) });
                 let abort = task.abort_handle();
                 let data = async move {
                     task.await
@@ -356,7 +378,7 @@ impl OpenFile {
                 }
                 .boxed()
                 .shared();
-                slot.insert(Chunk { data, abort });
+                slot.insert(Chunk { len, data, abort });
             }
             start += CHUNK;
         }
@@ -364,7 +386,7 @@ impl OpenFile {
         Some(
             ra.chunks
                 .range(first..end)
-                .map(|(k, c)| (*k, c.data.clone()))
+                .map(|(k, c)| (*k, c.len, c.data.clone()))
                 .collect(),
         )
     }

@@ -1364,7 +1364,7 @@ impl Filesystem for SshFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -1377,7 +1377,13 @@ impl Filesystem for SshFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(move |fs| async move {
-            match of.read(&fs.rt, offset, size).await {
+            let known = fs
+                .nodes
+                .lock()
+                .unwrap()
+                .get(ino.0)
+                .and_then(|n| n.attrs.as_ref()?.size);
+            match of.read(&fs.rt, offset, size, known).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(io_errno(&e)),
             }
