@@ -190,6 +190,17 @@ impl Inner {
         }
     }
 
+    /// The errno for a failed data write: a bare FAILURE on a full disk becomes ENOSPC.
+    async fn write_errno(&self, e: &Error) -> Errno {
+        if e.is_status(StatusCode::Failure)
+            && let Ok(s) = self.sftp.statvfs(self.sftp.root()).await
+            && s.blocks_avail == 0
+        {
+            return Errno::ENOSPC;
+        }
+        io_errno(e)
+    }
+
     fn caching(&self) -> bool {
         !self.ttl.is_zero()
     }
@@ -1419,7 +1430,7 @@ impl Filesystem for SshFs {
                     }
                     reply.written(len as u32);
                 }
-                Err(e) => reply.error(io_errno(&e)),
+                Err(e) => reply.error(fs.write_errno(&e).await),
             }
         });
     }
@@ -1436,10 +1447,10 @@ impl Filesystem for SshFs {
             Ok(of) => of,
             Err(e) => return reply.error(e),
         };
-        self.spawn(move |_| async move {
+        self.spawn(move |fs| async move {
             match of.flush().await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(io_errno(&e)),
+                Err(e) => reply.error(fs.write_errno(&e).await),
             }
         });
     }
@@ -1474,9 +1485,9 @@ impl Filesystem for SshFs {
             Ok(of) => of,
             Err(e) => return reply.error(e),
         };
-        self.spawn(move |_| async move {
+        self.spawn(move |fs| async move {
             if let Err(e) = of.flush().await {
-                return reply.error(io_errno(&e));
+                return reply.error(fs.write_errno(&e).await);
             }
             match of.file.fsync().await {
                 Ok(()) => reply.ok(),
