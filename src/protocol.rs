@@ -46,7 +46,10 @@ const STATE_OPEN_RETRY: Duration = Duration::from_secs(6);
 
 /// Runs the plugin until SIGTERM.
 pub fn serve_main(args: ServeArgs) -> ExitCode {
-    init_tracing();
+    // sled keeps creating files (snapshots, blobs) after start-up, from its own threads: a
+    // process-wide umask is the only way to keep every one of them root-only. Directories that
+    // others must traverse (mountpoints) get their mode set explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,31 +67,6 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// DEBUG=1/true (the plugin setting) adds detail; RUST_LOG, if set, overrides everything.
-fn init_tracing() {
-    let debug = std::env::var("DEBUG")
-        .map(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        })
-        .unwrap_or(false);
-    let default = if debug {
-        "info,docker_volume_sshfs=debug"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_target(debug)
-        .try_init();
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -229,7 +207,12 @@ async fn dispatch(State(driver): State<Arc<Driver>>, req: Request) -> Response {
     let ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(v) => {
-            tracing::info!(call = %call, volume = %volume, id = %id, ms, "ok");
+            // dockerd asks for Capabilities before nearly every call: only worth a debug line.
+            if call == "VolumeDriver.Capabilities" {
+                tracing::debug!(call = %call, ms, "ok");
+            } else {
+                tracing::info!(call = %call, volume = %volume, id = %id, ms, "ok");
+            }
             (StatusCode::OK, json_body(&v)).into_response()
         }
         Err(e) => {

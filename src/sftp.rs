@@ -495,12 +495,16 @@ impl Sftp {
             .await
     }
 
+    /// Opens `path`. `File::write` is positional, so APPEND is not passed on: a server-side
+    /// O_APPEND ignores offsets and would put pipelined or retried writes in arrival order.
+    /// Callers that append compute the offset (the remote size) themselves.
     pub async fn open(
         &self,
         path: &str,
         flags: OpenFlags,
         attrs: FileAttributes,
     ) -> Result<File, Error> {
+        let flags = flags.difference(OpenFlags::APPEND);
         let handle = self
             .retry(|conn| {
                 let attrs = attrs.clone();

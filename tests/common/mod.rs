@@ -614,3 +614,71 @@ pub fn sha256(path: &Path) -> String {
     let out = run(Command::new("sha256sum").arg(path));
     out.split_whitespace().next().unwrap().to_string()
 }
+
+/// Fault injection on the throwaway server (issue 4's tests).
+impl Sshd {
+    /// Drops every established SSH connection (kills the per-connection sshd processes) while the
+    /// listener keeps accepting: what a network blip or a server-side idle kill looks like.
+    pub fn kill_sessions(&self) {
+        let _ = Command::new("pkill")
+            .arg("-KILL")
+            .arg("-P")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Stops the server completely: listener and established connections.
+    pub fn stop(&mut self) {
+        self.kill_sessions();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same configuration (and host key,
+    /// unless [`Sshd::new_host_key`] replaced it).
+    pub fn restart(&mut self) {
+        let d = self.dir.path().to_path_buf();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(d.join("sshd.log"))
+                .unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(d.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("restart /usr/sbin/sshd");
+            match wait_for_banner(self.port, &mut child) {
+                Ok(()) => {
+                    self.child = child;
+                    return;
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    // The port may linger in TIME_WAIT users for a moment; try again.
+                    assert!(Instant::now() < deadline, "sshd did not restart: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Replaces the host key (takes effect at the next restart) and returns the new fingerprint.
+    pub fn new_host_key(&mut self) -> String {
+        let hostkey = self.dir.path().join("ssh_host_ed25519_key");
+        let _ = fs::remove_file(&hostkey);
+        let _ = fs::remove_file(hostkey.with_extension("pub"));
+        keygen(&hostkey, "");
+        let fp = run(Command::new("ssh-keygen").arg("-lf").arg(&hostkey));
+        self.host_fingerprint = fp.split_whitespace().nth(1).unwrap().to_string();
+        self.host_fingerprint.clone()
+    }
+}
