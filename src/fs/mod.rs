@@ -222,13 +222,13 @@ impl Inner {
     }
 
     fn file_attr(&self, ino: u64, a: &FileAttributes) -> FileAttr {
-        let floor = self
+        let (floor, nlink) = self
             .nodes
             .lock()
             .unwrap()
             .get(ino)
-            .and_then(|n| n.ctime_floor);
-        attr::to_file_attr(ino, a, &self.present, floor)
+            .map_or((None, None), |n| (n.ctime_floor, n.nlink));
+        attr::to_file_attr(ino, a, &self.present, floor, nlink)
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
@@ -261,14 +261,17 @@ impl Inner {
         }
     }
 
-    /// An open handle of `ino`, to change its attributes through.
-    fn any_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
+    /// An open handle of `ino` still in use, to defer attribute changes to. A handle that was
+    /// flushed and not written since is most likely closed already: the kernel sends RELEASE
+    /// some time after close(2) returns, and a utimensat by path made after close(2) must reach
+    /// the server before it returns, not with that late release.
+    fn active_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
         self.files
             .lock()
             .unwrap()
             .open
             .values()
-            .find(|of| of.ino == ino)
+            .find(|of| of.ino == ino && !of.flushed())
             .cloned()
     }
 
@@ -450,7 +453,7 @@ impl Inner {
         let deferrable = size.is_none() && uid.is_none() && gid.is_none() && self.caching();
         if deferrable
             && let (Some(io), Some(base)) = (&io, &base)
-            && let Some(of) = self.any_handle(ino)
+            && let Some(of) = self.active_handle(ino)
         {
             let mut set = FileAttributes {
                 permissions: mode.map(|m| m & 0o7777),
@@ -572,6 +575,9 @@ impl Inner {
             self.fetch(path.as_deref(), handle.as_ref()).await?
         };
         if let Some(s) = size {
+            if let Some(io) = &io {
+                io.truncated(s);
+            }
             for of in self.files.lock().unwrap().open.values() {
                 if of.ino == ino {
                     of.set_size_hint(s);
@@ -865,6 +871,16 @@ impl Inner {
         };
         let fa = self.remember(&to, a.clone());
         self.touch_ctime(fa.ino.0);
+        // Both names now count one more link (SFTP v3 cannot tell us; listings refresh it).
+        {
+            let mut t = self.nodes.lock().unwrap();
+            let links = t.get(ino).and_then(|n| n.nlink).unwrap_or(1) + 1;
+            for i in [ino, fa.ino.0] {
+                if let Some(n) = t.get_mut(i) {
+                    n.nlink = Some(links);
+                }
+            }
+        }
         Ok(self.file_attr(fa.ino.0, &a))
     }
 
@@ -896,18 +912,7 @@ impl Inner {
             .open(&self.full(&path), sflags, FileAttributes::default())
             .await
             .map_err(|e| errno(&e))?;
-        let append_at = if sflags.contains(OpenFlags::APPEND) {
-            // Appends go at the end as the server sees it, not as the kernel last saw it.
-            match f.fstat().await {
-                Ok(a) => Some(a.size.unwrap_or(0)),
-                Err(e) => {
-                    let _ = f.close().await;
-                    return Err(errno(&e));
-                }
-            }
-        } else {
-            None
-        };
+        let append = sflags.contains(OpenFlags::APPEND);
         let size_hint = {
             let mut t = self.nodes.lock().unwrap();
             let node = t.get_mut(ino);
@@ -923,8 +928,30 @@ impl Inner {
                 None => u64::MAX,
             }
         };
-        let size_hint = append_at.unwrap_or(size_hint);
-        Ok(self.register(ino, |io| OpenFile::new(ino, f, io, append_at, size_hint)))
+        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append, size_hint));
+        if truncate && let Some(io) = self.io_of(ino) {
+            io.truncated(0);
+        }
+        if append {
+            // Appends go at the end as the server sees it (once our own queued writes have
+            // landed), not as the kernel last saw it: the file may have grown on the server.
+            let of = self.handle(fh)?;
+            of.io.drain().await;
+            match of.file.fstat().await {
+                Ok(a) => {
+                    let size = a.size.unwrap_or(0);
+                    of.io.append_from(size);
+                    of.set_size_hint(size);
+                }
+                Err(e) => {
+                    if let Some(of) = self.unregister(fh) {
+                        let _ = of.file.close().await;
+                    }
+                    return Err(errno(&e));
+                }
+            }
+        }
+        Ok(fh)
     }
 
     async fn create(
@@ -974,11 +1001,12 @@ impl Inner {
         };
         let fa = self.remember(&cpath, a.clone());
         let ino = fa.ino.0;
-        let append_at = sflags
-            .contains(OpenFlags::APPEND)
-            .then(|| a.size.unwrap_or(0));
+        let append = sflags.contains(OpenFlags::APPEND);
         let size = a.size.unwrap_or(0);
-        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append_at, size));
+        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append, size));
+        if append && let Some(io) = self.io_of(ino) {
+            io.append_from(size);
+        }
         Ok((fa, fh))
     }
 
@@ -988,6 +1016,16 @@ impl Inner {
         };
         of.stop();
         let flushed = of.flush().await;
+        if !of.written() {
+            // Nothing was written through this handle: the server's answer to the close
+            // changes nothing, so nobody waits for it (the handle slot stays taken until then).
+            tokio::spawn(async move {
+                if let Err(e) = of.file.close().await {
+                    tracing::debug!(ino = of.ino, "close: {e}");
+                }
+            });
+            return flushed.map_err(|e| io_errno(&e));
+        }
         let closed = of.file.close().await;
         if let Err(e) = &flushed {
             // Nobody is left to tell: the kernel ignores release errors.
@@ -1084,9 +1122,10 @@ impl Inner {
             if !busy.contains(&cino) {
                 node.attrs = Some(e.attrs.clone());
                 node.fresh_until = fresh;
+                node.nlink = e.nlink;
             }
             let a = node.attrs.clone().unwrap_or_else(|| e.attrs.clone());
-            let fa = attr::to_file_attr(cino, &a, &self.present, node.ctime_floor);
+            let fa = attr::to_file_attr(cino, &a, &self.present, node.ctime_floor, node.nlink);
             if reply.add(INodeNo(cino), next, &e.name, &ttl, &fa, Generation(0)) {
                 t.drop_if_unused(cino);
                 break;
@@ -1149,7 +1188,7 @@ fn dir_attr(ino: u64) -> FileAttr {
         permissions: Some(S_IFDIR | 0o755),
         ..Default::default()
     };
-    attr::to_file_attr(ino, &a, &Presentation::default(), None)
+    attr::to_file_attr(ino, &a, &Presentation::default(), None, None)
 }
 
 impl Filesystem for SshFs {
@@ -1421,10 +1460,10 @@ impl Filesystem for SshFs {
         self.spawn(move |fs| async move {
             let len = data.len() as u64;
             match of.write(&fs.rt, &fs.budget, offset, data).await {
-                Ok(()) => {
+                Ok(at) => {
                     if let Some(n) = fs.nodes.lock().unwrap().get_mut(ino.0) {
                         if let Some(a) = n.attrs.as_mut() {
-                            a.size = Some(a.size.unwrap_or(0).max(offset + len));
+                            a.size = Some(a.size.unwrap_or(0).max(at + len));
                         }
                         n.stale();
                     }
