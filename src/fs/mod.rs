@@ -27,6 +27,8 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     Request, SessionACL, TimeOrNow, WriteFlags,
 };
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
@@ -43,6 +45,34 @@ const NAME_MAX: usize = 255;
 
 /// Largest FUSE write we ask for: fewer, bigger requests on sequential writes.
 const MAX_WRITE: u32 = 1024 * 1024;
+
+/// Longest time a listing answers "no such name" (see `Inner::neg_ttl`).
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+/// Directory listings fetched ahead at once, mount-wide.
+const PREFETCH_PARALLEL: usize = 16;
+/// Most listings kept fetched ahead and not yet used.
+const PREFETCH_MAX: usize = 512;
+/// How many levels below a directory being read are listed ahead (`ls -R`, `find`, `du`
+/// descend next; listing a whole level at once turns a round trip per directory into one per
+/// level).
+const PREFETCH_DEPTH: u32 = 2;
+
+/// A directory listing and when it was fetched.
+pub(crate) struct Listing {
+    entries: Vec<DirEntry>,
+    fetched: Instant,
+}
+
+type SharedListing = Shared<BoxFuture<'static, Option<Arc<Listing>>>>;
+
+/// A listing being (or already) fetched ahead of use.
+struct Prefetch {
+    listing: SharedListing,
+    /// `Inner::mutations` when it started: a change made since may not be in it.
+    mutations: u64,
+    valid_until: Instant,
+}
 
 /// The mount options the kernel sees for this filesystem.
 pub fn fuse_config(opts: &MountOptions) -> fuser::Config {
@@ -83,8 +113,18 @@ struct Inner {
     ttl: Duration,
     nodes: Mutex<Inodes>,
     files: Mutex<Files>,
+    /// How long a listing's word that a name does not exist is trusted: short, since files
+    /// other clients create on the server should show up soon (sshfs caches no negatives).
+    neg_ttl: Duration,
     /// Open directories: the listing taken at the first readdir (offset 0).
-    dirs: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
+    dirs: Mutex<HashMap<u64, Option<Arc<Listing>>>>,
+    /// Directory listings fetched ahead of use (see `prefetch_children`), by path.
+    prefetched: Mutex<HashMap<String, Prefetch>>,
+    /// Bounds how many listings are fetched ahead at once.
+    prefetch_slots: Arc<Semaphore>,
+    /// Bumped by every change made through the mount: anything fetched ahead before a change
+    /// is not served after it.
+    mutations: AtomicU64,
     next_fh: AtomicU64,
     /// Bytes of write-behind in flight, mount-wide.
     budget: Arc<Semaphore>,
@@ -153,7 +193,11 @@ impl SshFs {
                 ttl,
                 nodes: Mutex::new(Inodes::new()),
                 files: Mutex::new(Files::default()),
+                neg_ttl: ttl.min(NEGATIVE_TTL),
                 dirs: Mutex::new(HashMap::new()),
+                prefetched: Mutex::new(HashMap::new()),
+                prefetch_slots: Arc::new(Semaphore::new(PREFETCH_PARALLEL)),
+                mutations: AtomicU64::new(0),
                 next_fh: AtomicU64::new(1),
                 budget: Arc::new(Semaphore::new(WRITE_BEHIND_BYTES)),
                 creator: Mutex::new(Creator::default()),
@@ -1038,17 +1082,50 @@ impl Inner {
     }
 
     /// The listing of an open directory: fetched at offset 0 (first read or rewinddir),
-    /// reused for later offsets. Also feeds the caches.
-    async fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+    /// reused for later offsets. Also feeds the caches, and starts listing subdirectories ahead.
+    async fn listing(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<Arc<Listing>, Errno> {
         if offset != 0
             && let Some(Some(l)) = self.dirs.lock().unwrap().get(&fh)
         {
             return Ok(Arc::clone(l));
         }
         let path = self.path_of(ino)?;
+        let mutations = self.mutations.load(Ordering::SeqCst);
+        let ahead = self.take_prefetched(&path);
+        let list = match ahead {
+            Some(f) => match f.await {
+                Some(l) => l,
+                None => self.fetch_listing(&path).await?,
+            },
+            None => self.fetch_listing(&path).await?,
+        };
+        if self.caching()
+            && let Some(n) = self.nodes.lock().unwrap().get_mut(ino)
+        {
+            n.listing = Some((
+                list.entries.iter().map(|e| e.name.clone()).collect(),
+                list.fetched + self.neg_ttl,
+            ));
+        }
+        if let Some(slot) = self.dirs.lock().unwrap().get_mut(&fh) {
+            *slot = Some(Arc::clone(&list));
+        }
+        self.keep_for_reuse(&path, &list, mutations);
+        self.prefetch_children(&path, &list, PREFETCH_DEPTH);
+        Ok(list)
+    }
+
+    /// Lists `path` from the server.
+    async fn fetch_listing(&self, path: &str) -> Result<Arc<Listing>, Errno> {
+        let fetched = Instant::now();
         let mut list = self
             .sftp
-            .read_dir(&self.full(&path))
+            .read_dir(&self.full(path))
             .await
             .map_err(|e| errno(&e))?;
         list.retain(|e| e.name != "." && e.name != ".." && !e.name.contains('/'));
@@ -1057,7 +1134,7 @@ impl Inner {
                 .filter(|i| attr::is_symlink(&list[*i].attrs))
                 .collect();
             let stats = futures::future::join_all(links.iter().map(|&i| {
-                let full = self.full(&child_path(&path, &list[i].name));
+                let full = self.full(&child_path(path, &list[i].name));
                 async move { self.sftp.stat(&full).await }
             }))
             .await;
@@ -1067,16 +1144,93 @@ impl Inner {
                 }
             }
         }
-        if let Some(until) = self.fresh_until()
-            && let Some(n) = self.nodes.lock().unwrap().get_mut(ino)
-        {
-            n.listing = Some((list.iter().map(|e| e.name.clone()).collect(), until));
+        Ok(Arc::new(Listing {
+            entries: list,
+            fetched,
+        }))
+    }
+
+    /// Keeps a listing just read for `neg_ttl`, for the next opendir of the same directory if
+    /// nothing changes through the mount meanwhile: `rm -r` and `find` read each directory
+    /// twice in a row.
+    fn keep_for_reuse(&self, path: &str, list: &Arc<Listing>, mutations: u64) {
+        if !self.caching() {
+            return;
         }
-        let list = Arc::new(list);
-        if let Some(slot) = self.dirs.lock().unwrap().get_mut(&fh) {
-            *slot = Some(Arc::clone(&list));
+        let mut ahead = self.prefetched.lock().unwrap();
+        if ahead.len() >= PREFETCH_MAX {
+            return;
         }
-        Ok(list)
+        let ready: Option<Arc<Listing>> = Some(Arc::clone(list));
+        ahead.insert(
+            path.to_string(),
+            Prefetch {
+                listing: futures::future::ready(ready).boxed().shared(),
+                mutations,
+                valid_until: list.fetched + self.neg_ttl,
+            },
+        );
+    }
+
+    /// A change is being made through the mount.
+    fn mutated(&self) {
+        self.mutations.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The listing of `path` fetched ahead, if it is still as good as a fresh one: started
+    /// after the last change made through the mount, and within the cache timeout.
+    fn take_prefetched(&self, path: &str) -> Option<SharedListing> {
+        let p = self.prefetched.lock().unwrap().remove(path)?;
+        let unchanged = p.mutations == self.mutations.load(Ordering::SeqCst);
+        (unchanged && p.valid_until > Instant::now()).then_some(p.listing)
+    }
+
+    /// Starts listing the subdirectories of `dir` (and theirs, `depth` levels down) in the
+    /// background, bounded in parallelism and in how many unused listings are kept.
+    fn prefetch_children(self: &Arc<Self>, dir: &str, list: &Listing, depth: u32) {
+        if depth == 0 || !self.caching() || !list.entries.iter().any(|e| attr::is_dir(&e.attrs)) {
+            return;
+        }
+        // Listings taken while writes are in flight would carry sizes about to change.
+        if !self.busy_inodes().is_empty() {
+            return;
+        }
+        let mutations = self.mutations.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut ahead = self.prefetched.lock().unwrap();
+        ahead.retain(|_, p| p.mutations == mutations && p.valid_until > now);
+        for e in list.entries.iter().filter(|e| attr::is_dir(&e.attrs)) {
+            if ahead.len() >= PREFETCH_MAX {
+                break;
+            }
+            let path = child_path(dir, &e.name);
+            if ahead.contains_key(&path) {
+                continue;
+            }
+            let me = Arc::clone(self);
+            let p = path.clone();
+            let listing = async move {
+                let _slot = me.prefetch_slots.clone().acquire_owned().await.ok()?;
+                if me.mutations.load(Ordering::SeqCst) != mutations {
+                    return None;
+                }
+                let l = me.fetch_listing(&p).await.ok()?;
+                me.prefetch_children(&p, &l, depth - 1);
+                Some(l)
+            }
+            .boxed()
+            .shared();
+            // Runs now, whether or not anybody asks for it.
+            self.rt.spawn(listing.clone().map(drop));
+            ahead.insert(
+                path,
+                Prefetch {
+                    listing,
+                    mutations,
+                    valid_until: now + self.ttl,
+                },
+            );
+        }
     }
 
     /// Inodes with writes in flight: the server's size for them is behind ours.
@@ -1091,10 +1245,14 @@ impl Inner {
             .collect()
     }
 
-    fn fill_plus(&self, ino: u64, list: &[DirEntry], offset: u64, reply: &mut ReplyDirectoryPlus) {
+    fn fill_plus(&self, ino: u64, list: &Listing, offset: u64, reply: &mut ReplyDirectoryPlus) {
         let busy = self.busy_inodes();
-        let ttl = self.ttl;
-        let fresh = self.fresh_until();
+        // Entries are as fresh as the listing, which may have been fetched ahead.
+        let fresh = self.caching().then(|| list.fetched + self.ttl);
+        let ttl = fresh.map_or(Duration::ZERO, |f| {
+            f.saturating_duration_since(Instant::now())
+        });
+        let list = &list.entries;
         let mut t = self.nodes.lock().unwrap();
         let dir_path = t.path(ino).unwrap_or_default();
         let dot = dir_attr(ino);
@@ -1135,7 +1293,8 @@ impl Inner {
         }
     }
 
-    fn fill(&self, ino: u64, list: &[DirEntry], offset: u64, reply: &mut ReplyDirectory) {
+    fn fill(&self, ino: u64, list: &Listing, offset: u64, reply: &mut ReplyDirectory) {
+        let list = &list.entries;
         let t = self.nodes.lock().unwrap();
         for i in offset as usize..list.len() + 2 {
             let next = i as u64 + 1;
@@ -1226,10 +1385,10 @@ impl Filesystem for SshFs {
             match fs.lookup(parent.0, &name).await {
                 Ok(Entry::Found(a)) => reply.entry(&fs.ttl, &a, Generation(0)),
                 Ok(Entry::Absent) if fs.caching() => {
-                    // Node id 0 is a negative entry the kernel may cache for the ttl.
+                    // Node id 0 is a negative entry the kernel may cache for a while.
                     let mut a = dir_attr(0);
                     a.ino = INodeNo(0);
-                    reply.entry(&fs.ttl, &a, Generation(0));
+                    reply.entry(&fs.neg_ttl, &a, Generation(0));
                 }
                 Ok(Entry::Absent) => reply.error(Errno::ENOENT),
                 Err(e) => reply.error(e),
@@ -1268,6 +1427,7 @@ impl Filesystem for SshFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.inner.mutated();
         self.spawn(move |fs| async move {
             let r = fs
                 .setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0))
@@ -1298,6 +1458,7 @@ impl Filesystem for SshFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.mknod(parent.0, &name, mode).await {
@@ -1316,6 +1477,7 @@ impl Filesystem for SshFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.mkdir(parent.0, &name, mode).await {
@@ -1326,6 +1488,7 @@ impl Filesystem for SshFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.unlink(parent.0, &name).await {
@@ -1336,6 +1499,7 @@ impl Filesystem for SshFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.rmdir(parent.0, &name).await {
@@ -1353,6 +1517,7 @@ impl Filesystem for SshFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let name = link_name.to_owned();
         let target = target.to_owned();
         self.spawn(move |fs| async move {
@@ -1373,6 +1538,7 @@ impl Filesystem for SshFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.inner.mutated();
         let (name, newname) = (name.to_owned(), newname.to_owned());
         self.spawn(move |fs| async move {
             match fs
@@ -1393,6 +1559,7 @@ impl Filesystem for SshFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let newname = newname.to_owned();
         self.spawn(move |fs| async move {
             match fs.link(ino.0, newparent.0, &newname).await {
@@ -1403,6 +1570,9 @@ impl Filesystem for SshFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_TRUNC != 0 {
+            self.inner.mutated();
+        }
         self.spawn(move |fs| async move {
             match fs.open(ino.0, flags.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -1452,6 +1622,7 @@ impl Filesystem for SshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.inner.mutated();
         let of = match self.inner.handle(fh.0) {
             Ok(of) => of,
             Err(e) => return reply.error(e),
@@ -1462,10 +1633,16 @@ impl Filesystem for SshFs {
             match of.write(&fs.rt, &fs.budget, offset, data).await {
                 Ok(at) => {
                     if let Some(n) = fs.nodes.lock().unwrap().get_mut(ino.0) {
-                        if let Some(a) = n.attrs.as_mut() {
-                            a.size = Some(a.size.unwrap_or(0).max(at + len));
+                        // What the write does to the attributes is known: size and mtime are
+                        // updated here, so a stat right after (tar does one per file) is
+                        // answered without waiting for the write to land and asking the server.
+                        match n.attrs.as_mut() {
+                            Some(a) => {
+                                a.size = Some(a.size.unwrap_or(0).max(at + len));
+                                a.mtime = Some(attr::to_secs(SystemTime::now()));
+                            }
+                            None => n.stale(),
                         }
-                        n.stale();
                     }
                     reply.written(len as u32);
                 }
@@ -1628,6 +1805,7 @@ impl Filesystem for SshFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, mode, flags).await {
