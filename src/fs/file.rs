@@ -173,6 +173,9 @@ pub struct OpenFile {
     flushed: AtomicBool,
     /// Anything was ever written through this handle.
     written: AtomicBool,
+    /// The whole content, read ahead with the handle before the open (see `fs::Inner::preload`):
+    /// the bytes, the size they cover, and the inode's generation then.
+    preloaded: Mutex<Option<(Arc<Vec<u8>>, u64)>>,
 }
 
 impl OpenFile {
@@ -187,6 +190,7 @@ impl OpenFile {
             size_hint: AtomicU64::new(size_hint),
             flushed: AtomicBool::new(false),
             written: AtomicBool::new(false),
+            preloaded: Mutex::new(None),
         }
     }
 
@@ -198,6 +202,13 @@ impl OpenFile {
 
     pub fn written(&self) -> bool {
         self.written.load(Ordering::SeqCst)
+    }
+
+    /// Serves reads of this handle from `data` (the first `data.len()` bytes of a file of that
+    /// size) until the content changes through us.
+    pub fn preload(&self, data: Arc<Vec<u8>>) {
+        let generation = self.io.generation.load(Ordering::SeqCst);
+        *self.preloaded.lock().unwrap() = Some((data, generation));
     }
 
     pub fn set_size_hint(&self, size: u64) {
@@ -309,6 +320,17 @@ impl OpenFile {
         self.io.drain().await;
         if let Some(k) = known_size {
             self.size_hint.store(k, Ordering::Relaxed);
+        }
+        // Content read ahead with the handle, valid while the size we show is the size it was
+        // read at and nothing was written through us since.
+        if let Some((data, generation)) = &*self.preloaded.lock().unwrap()
+            && *generation == self.io.generation.load(Ordering::SeqCst)
+            && known_size == Some(data.len() as u64)
+        {
+            let len = data.len() as u64;
+            let from = offset.min(len) as usize;
+            let to = (offset + u64::from(size)).min(len) as usize;
+            return Ok(data[from..to].to_vec());
         }
         let size64 = u64::from(size);
         // Past the size we know, the file may have grown: ask for everything requested.

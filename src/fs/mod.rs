@@ -58,6 +58,30 @@ const PREFETCH_MAX: usize = 512;
 /// level).
 const PREFETCH_DEPTH: u32 = 2;
 
+/// Small files whose content is read ahead when a file of their directory is opened for
+/// reading: the next ones in listing order, each opened and read in parallel, so a reader going
+/// through a directory (`cat *`, `find -exec cat`, `grep -r`, backups) finds them open and
+/// loaded (an open plus a read are two round trips that cannot be pipelined otherwise).
+const PRELOAD_AHEAD: usize = 8;
+/// Largest file read ahead that way.
+const PRELOAD_MAX_SIZE: u64 = 64 * 1024;
+/// Most files read ahead and not used yet (each holds a remote handle).
+const PRELOAD_MAX: usize = 32;
+/// How long content read ahead is served: an open shortly after.
+const PRELOAD_FRESH: Duration = Duration::from_secs(2);
+
+/// A small file opened and read ahead of its open (see `PRELOAD_AHEAD`).
+struct Preloaded {
+    file: Mutex<Option<crate::sftp::File>>,
+    data: Arc<Vec<u8>>,
+}
+
+struct Preload {
+    ready: Shared<BoxFuture<'static, Option<Arc<Preloaded>>>>,
+    mutations: u64,
+    valid_until: Instant,
+}
+
 /// A directory listing and when it was fetched.
 pub(crate) struct Listing {
     entries: Vec<DirEntry>,
@@ -120,6 +144,10 @@ struct Inner {
     dirs: Mutex<HashMap<u64, Option<Arc<Listing>>>>,
     /// Directory listings fetched ahead of use (see `prefetch_children`), by path.
     prefetched: Mutex<HashMap<String, Prefetch>>,
+    /// Small files opened and read ahead, by path (see `PRELOAD_AHEAD`).
+    preloads: Mutex<HashMap<String, Preload>>,
+    /// The latest listings by directory path, for the order files are read ahead in.
+    recent: Mutex<HashMap<String, Arc<Listing>>>,
     /// Bounds how many listings are fetched ahead at once.
     prefetch_slots: Arc<Semaphore>,
     /// Bumped by every change made through the mount: anything fetched ahead before a change
@@ -196,6 +224,8 @@ impl SshFs {
                 neg_ttl: ttl.min(NEGATIVE_TTL),
                 dirs: Mutex::new(HashMap::new()),
                 prefetched: Mutex::new(HashMap::new()),
+                preloads: Mutex::new(HashMap::new()),
+                recent: Mutex::new(HashMap::new()),
                 prefetch_slots: Arc::new(Semaphore::new(PREFETCH_PARALLEL)),
                 mutations: AtomicU64::new(0),
                 next_fh: AtomicU64::new(1),
@@ -943,7 +973,7 @@ impl Inner {
         f
     }
 
-    async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+    async fn open(self: &Arc<Self>, ino: u64, flags: i32) -> Result<u64, Errno> {
         let path = self.path_of(ino)?;
         let sflags = Self::sftp_flags(flags);
         let truncate = sflags.contains(OpenFlags::TRUNCATE);
@@ -951,11 +981,25 @@ impl Inner {
             io.settle().await.map_err(|e| errno(&e))?;
             io.invalidate();
         }
-        let f = self
-            .sftp
-            .open(&self.full(&path), sflags, FileAttributes::default())
-            .await
-            .map_err(|e| errno(&e))?;
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY && !truncate;
+        let preloaded = if read_only {
+            self.take_preloaded(&path).await
+        } else {
+            None
+        };
+        let (f, data) = match preloaded {
+            Some((f, data)) => (f, Some(data)),
+            None => (
+                self.sftp
+                    .open(&self.full(&path), sflags, FileAttributes::default())
+                    .await
+                    .map_err(|e| errno(&e))?,
+                None,
+            ),
+        };
+        if read_only && self.caching() {
+            self.preload_next(&path);
+        }
         let append = sflags.contains(OpenFlags::APPEND);
         let size_hint = {
             let mut t = self.nodes.lock().unwrap();
@@ -973,6 +1017,11 @@ impl Inner {
             }
         };
         let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append, size_hint));
+        if let Some(data) = data
+            && let Ok(of) = self.handle(fh)
+        {
+            of.preload(data);
+        }
         if truncate && let Some(io) = self.io_of(ino) {
             io.truncated(0);
         }
@@ -1116,6 +1165,13 @@ impl Inner {
             *slot = Some(Arc::clone(&list));
         }
         self.keep_for_reuse(&path, &list, mutations);
+        if self.caching() {
+            let mut recent = self.recent.lock().unwrap();
+            if recent.len() >= PREFETCH_MAX {
+                recent.clear();
+            }
+            recent.insert(path.clone(), Arc::clone(&list));
+        }
         self.prefetch_children(&path, &list, PREFETCH_DEPTH);
         Ok(list)
     }
@@ -1170,6 +1226,98 @@ impl Inner {
                 valid_until: list.fetched + self.neg_ttl,
             },
         );
+    }
+
+    /// The handle and content of `path` read ahead, if still good: nothing changed through the
+    /// mount since it was read, it is recent, and it has the size we show for the file.
+    async fn take_preloaded(&self, path: &str) -> Option<(crate::sftp::File, Arc<Vec<u8>>)> {
+        let p = self.preloads.lock().unwrap().remove(path)?;
+        if p.mutations != self.mutations.load(Ordering::SeqCst) || p.valid_until <= Instant::now() {
+            return None;
+        }
+        let ready = p.ready.await?;
+        if p.mutations != self.mutations.load(Ordering::SeqCst) {
+            return None;
+        }
+        let size = {
+            let t = self.nodes.lock().unwrap();
+            t.ino_of(path)
+                .and_then(|i| t.get(i))
+                .and_then(|n| n.attrs.as_ref()?.size)
+        };
+        if size != Some(ready.data.len() as u64) {
+            return None;
+        }
+        let f = ready.file.lock().unwrap().take()?;
+        Some((f, Arc::clone(&ready.data)))
+    }
+
+    /// Opens and reads ahead the small regular files that follow `path` in its directory's
+    /// listing (see `PRELOAD_AHEAD`). What is not used in time is closed.
+    fn preload_next(self: &Arc<Self>, path: &str) {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (d.to_string(), n),
+            None => (String::new(), path),
+        };
+        let Some(list) = self.recent.lock().unwrap().get(&dir).cloned() else {
+            return;
+        };
+        if list.fetched + self.ttl <= Instant::now() || !self.busy_inodes().is_empty() {
+            return;
+        }
+        let Some(at) = list.entries.iter().position(|e| e.name == name) else {
+            return;
+        };
+        let mutations = self.mutations.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut preloads = self.preloads.lock().unwrap();
+        preloads.retain(|_, p| p.mutations == mutations && p.valid_until > now);
+        let next = list.entries[at + 1..]
+            .iter()
+            .filter(|e| {
+                attr::mode_of(&e.attrs) & S_IFMT == S_IFREG
+                    && e.attrs.size.is_some_and(|s| s <= PRELOAD_MAX_SIZE)
+            })
+            .take(PRELOAD_AHEAD);
+        for e in next {
+            if preloads.len() >= PRELOAD_MAX {
+                break;
+            }
+            let cpath = child_path(&dir, &e.name);
+            if preloads.contains_key(&cpath) {
+                continue;
+            }
+            let size = e.attrs.size.unwrap_or(0);
+            let me = Arc::clone(self);
+            let full = self.full(&cpath);
+            let ready = async move {
+                let f = me
+                    .sftp
+                    .open(&full, OpenFlags::READ, FileAttributes::default())
+                    .await
+                    .ok()?;
+                let data = if size == 0 {
+                    Vec::new()
+                } else {
+                    f.read(0, size as u32).await.ok()?
+                };
+                Some(Arc::new(Preloaded {
+                    file: Mutex::new(Some(f)),
+                    data: Arc::new(data),
+                }))
+            }
+            .boxed()
+            .shared();
+            self.rt.spawn(ready.clone().map(drop));
+            preloads.insert(
+                cpath,
+                Preload {
+                    ready,
+                    mutations,
+                    valid_until: now + PRELOAD_FRESH,
+                },
+            );
+        }
     }
 
     /// A change is being made through the mount.
