@@ -148,6 +148,8 @@ struct Inner {
     preloads: Mutex<HashMap<String, Preload>>,
     /// The latest listings by directory path, for the order files are read ahead in.
     recent: Mutex<HashMap<String, Arc<Listing>>>,
+    /// Per directory (of those in `recent`), the listing position of the file opened last.
+    last_opened: Mutex<HashMap<String, usize>>,
     /// Bounds how many listings are fetched ahead at once.
     prefetch_slots: Arc<Semaphore>,
     /// Bumped by every change made through the mount: anything fetched ahead before a change
@@ -226,6 +228,7 @@ impl SshFs {
                 prefetched: Mutex::new(HashMap::new()),
                 preloads: Mutex::new(HashMap::new()),
                 recent: Mutex::new(HashMap::new()),
+                last_opened: Mutex::new(HashMap::new()),
                 prefetch_slots: Arc::new(Semaphore::new(PREFETCH_PARALLEL)),
                 mutations: AtomicU64::new(0),
                 next_fh: AtomicU64::new(1),
@@ -998,7 +1001,7 @@ impl Inner {
             ),
         };
         if read_only && self.caching() {
-            self.preload_next(&path);
+            self.preload_next(&path, data.is_some());
         }
         let append = sflags.contains(OpenFlags::APPEND);
         let size_hint = {
@@ -1169,6 +1172,7 @@ impl Inner {
             let mut recent = self.recent.lock().unwrap();
             if recent.len() >= PREFETCH_MAX {
                 recent.clear();
+                self.last_opened.lock().unwrap().clear();
             }
             recent.insert(path.clone(), Arc::clone(&list));
         }
@@ -1253,8 +1257,9 @@ impl Inner {
     }
 
     /// Opens and reads ahead the small regular files that follow `path` in its directory's
-    /// listing (see `PRELOAD_AHEAD`). What is not used in time is closed.
-    fn preload_next(self: &Arc<Self>, path: &str) {
+    /// listing (see `PRELOAD_AHEAD`), once files are being opened in that order (`hit`: this
+    /// one was read ahead). What is not used in time is closed.
+    fn preload_next(self: &Arc<Self>, path: &str, hit: bool) {
         let (dir, name) = match path.rsplit_once('/') {
             Some((d, n)) => (d.to_string(), n),
             None => (String::new(), path),
@@ -1268,6 +1273,13 @@ impl Inner {
         let Some(at) = list.entries.iter().position(|e| e.name == name) else {
             return;
         };
+        // Random opens in a big directory would only waste requests: wait for a pattern (or
+        // the first entry, where a scan in listing order starts).
+        let before = self.last_opened.lock().unwrap().insert(dir.clone(), at);
+        let in_order = before.is_some_and(|b| at > b && at <= b + PRELOAD_AHEAD);
+        if !hit && !in_order && at != 0 {
+            return;
+        }
         let mutations = self.mutations.load(Ordering::SeqCst);
         let now = Instant::now();
         let mut preloads = self.preloads.lock().unwrap();
