@@ -318,6 +318,40 @@ for impl in $IMPLS; do
     for i in "${!pids[@]}"; do unmount_impl "${pids[$i]}" "${mnts[$i]}"; done
 done
 
+# ---- memory: the plugin itself, one `serve` process with $MOUNTS mounted volumes ----
+# Driven over its socket as dockerd would (VolumeDriver.Create + Mount), then VmRSS of that process.
+mem_plugin=
+if [[ " $IMPLS " == *" ours "* ]] && command -v curl >/dev/null; then
+    log "memory: plugin process with $MOUNTS mounted volumes"
+    P=$W/plugin
+    mkdir -p "$P/state" "$P/volumes"
+    "$BIN" serve --socket "$P/sock" --state-dir "$P/state" --volumes-dir "$P/volumes" 2>"$W/plugin.log" &
+    plugin_pid=$!
+    PIDS+=("$plugin_pid")
+    for _ in $(seq 200); do [[ -S $P/sock ]] && break; sleep 0.05; done
+    plugin_call() {
+        curl -sS --unix-socket "$P/sock" -H 'Content-Type: application/json' -d "$2" \
+            "http://plugin/VolumeDriver.$1"
+    }
+    mounted=0
+    for i in $(seq "$MOUNTS"); do
+        mkdir -p "$W/data/plugin-$i"
+        plugin_call Create "{\"Name\":\"v$i\",\"Opts\":{\"sshcmd\":\"root@127.0.0.1:$W/data/plugin-$i\",\"port\":\"$SSHD_PORT\",\"IdentityFile\":\"$W/key\",\"StrictHostKeyChecking\":\"no\",\"UserKnownHostsFile\":\"$W/known_hosts\"}}" >/dev/null
+        mp=$(plugin_call Mount "{\"Name\":\"v$i\",\"ID\":\"bench$i\"}" |
+            python3 -c 'import json, sys; print(json.load(sys.stdin).get("Mountpoint", ""))' 2>/dev/null || true)
+        if [[ -n $mp ]] && ls "$mp" >/dev/null 2>&1; then
+            MNTS+=("$mp")
+            mounted=$((mounted + 1))
+        else
+            log "  plugin mount $i failed: $(tail -c 500 "$W/plugin.log")"
+        fi
+    done
+    sleep 1
+    mem_plugin="$(rss_kib "$plugin_pid") KiB with $mounted mounted volumes"
+    for i in $(seq "$MOUNTS"); do plugin_call Unmount "{\"Name\":\"v$i\",\"ID\":\"bench$i\"}" >/dev/null || true; done
+    kill "$plugin_pid" 2>/dev/null || true
+fi
+
 # ---- table ----
 {
     echo
@@ -353,4 +387,5 @@ done
     echo "  ours:  1 mount ${mem_ours_1:-n/a} KiB, $MOUNTS mount processes ${mem_ours_n:-n/a} KiB total"
     echo "  sshfs: 1 mount ${mem_sshfs_1:-n/a} KiB, $MOUNTS mount processes ${mem_sshfs_n:-n/a} KiB total"
     echo "  (the command line runs one process per mount; the plugin serves all volumes in one process)"
+    echo "  plugin (one serve process, VolumeDriver.Create + Mount over its socket): ${mem_plugin:-n/a}"
 } | tee ${BENCH_OUT:+"$BENCH_OUT"}

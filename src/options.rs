@@ -145,6 +145,8 @@ pub struct MountOptions {
     pub follow_symlinks: bool,
     /// Attribute/entry/directory caches on (`cache=yes`, the default) or off.
     pub cache: bool,
+    /// How long cached metadata is trusted: 20 s by default, as sshfs, so the attributes a
+    /// listing brings are still good when tools stat or open each entry right after.
     pub cache_timeout: Duration,
     /// How long an operation waits for a lost connection to come back before it fails with EIO.
     pub reconnect_timeout: Duration,
@@ -339,7 +341,7 @@ pub fn parse(
         known_hosts_file: None,
         follow_symlinks: false,
         cache: true,
-        cache_timeout: Duration::from_secs(1),
+        cache_timeout: Duration::from_secs(20),
         reconnect_timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(15),
         strict_chown: false,

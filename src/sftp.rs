@@ -73,7 +73,29 @@ impl Error {
 pub struct DirEntry {
     pub name: String,
     pub attrs: FileAttributes,
+    /// The link count, from the `ls -l` style long name OpenSSH sends (SFTP v3 attributes
+    /// carry none); `None` when the long name does not look like one.
+    pub nlink: Option<u32>,
 }
+
+/// The link count in an `ls -l` style line ("-rw-r--r--    2 user group ..."), the format
+/// OpenSSH's sftp-server uses for READDIR long names.
+pub fn longname_nlink(longname: &str) -> Option<u32> {
+    let mut fields = longname.split_ascii_whitespace();
+    let mode = fields.next()?;
+    let kinds = "-dlcbps";
+    let mode_like = mode.len() >= 10
+        && mode.starts_with(|c| kinds.contains(c))
+        && mode[1..10].chars().all(|c| "rwxsStT-".contains(c));
+    if !mode_like {
+        return None;
+    }
+    fields.next()?.parse().ok().filter(|n| *n >= 1)
+}
+
+/// READDIRs sent at once: OpenSSH answers each with the next batch of up to 100 names, or EOF,
+/// so a directory of up to 300 names is read in one round trip after the OPENDIR.
+const READDIR_PIPELINE: usize = 4;
 
 /// Counters and state for `docker volume inspect`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -395,32 +417,48 @@ impl Sftp {
         .await
     }
 
-    /// The whole listing (without `.` and `..`), in server order.
+    /// The whole listing (without `.` and `..`), in server order: OPENDIR, then READDIRs
+    /// pipelined `READDIR_PIPELINE` at a time; the CLOSE is not waited for.
     pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
         self.retry(|conn| async move {
-            let (session, _slot) = conn.slot().await?;
+            let (session, slot) = conn.slot().await?;
             let handle = session.raw.opendir(path).await?.handle;
             let mut entries = Vec::new();
-            let result = loop {
-                match session.raw.readdir(handle.as_str()).await {
-                    Ok(name) => entries.extend(
-                        name.files
-                            .into_iter()
-                            .filter(|f| f.filename != "." && f.filename != "..")
-                            .map(|f| DirEntry {
-                                name: f.filename,
-                                attrs: f.attrs,
-                            }),
-                    ),
-                    Err(russh_sftp::client::error::Error::Status(st))
-                        if st.status_code == StatusCode::Eof =>
-                    {
-                        break Ok(entries);
+            let result = 'listing: loop {
+                // join_all polls in order, so the requests go out (and are answered) in order.
+                let batch = futures::future::join_all(
+                    (0..READDIR_PIPELINE).map(|_| session.raw.readdir(handle.as_str())),
+                )
+                .await;
+                for r in batch {
+                    match r {
+                        Ok(name) => entries.extend(
+                            name.files
+                                .into_iter()
+                                .filter(|f| f.filename != "." && f.filename != "..")
+                                .map(|f| DirEntry {
+                                    nlink: longname_nlink(&f.longname),
+                                    name: f.filename,
+                                    attrs: f.attrs,
+                                }),
+                        ),
+                        Err(russh_sftp::client::error::Error::Status(st))
+                            if st.status_code == StatusCode::Eof =>
+                        {
+                            break 'listing Ok(entries);
+                        }
+                        Err(e) => break 'listing Err(e),
                     }
-                    Err(e) => break Err(e),
                 }
             };
-            let _ = session.raw.close(handle).await;
+            // Nobody needs the answer to the CLOSE: send it in the background. The handle slot
+            // is held until the server has answered, so the server never holds more handles
+            // than we count.
+            let closing = Arc::clone(&session);
+            tokio::spawn(async move {
+                let _ = closing.raw.close(handle).await;
+                drop(slot);
+            });
             result
         })
         .await
@@ -863,5 +901,23 @@ impl Drop for File {
                 let _ = h.session.raw.close(h.handle.as_str()).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longname_nlink;
+
+    #[test]
+    fn link_count_from_long_names() {
+        let line = "-rw-r--r--    2 user     group        12 Nov 22 00:03 orig";
+        assert_eq!(longname_nlink(line), Some(2));
+        assert_eq!(
+            longname_nlink("drwxr-sr-x   17 0 0 4096 Jan  1  2024 d"),
+            Some(17)
+        );
+        assert_eq!(longname_nlink("orig"), None);
+        assert_eq!(longname_nlink(""), None);
+        assert_eq!(longname_nlink("-rw-r--r-- x user"), None);
     }
 }

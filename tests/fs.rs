@@ -203,6 +203,51 @@ fn hard_link_shares_content() {
     );
 }
 
+/// Small files are opened and read ahead while a directory is read file by file: what was read
+/// ahead must never hide a change made through the mount, nor a different size.
+#[test]
+fn files_read_ahead_follow_changes_through_the_mount() {
+    let sshd = Sshd::start();
+    fs::create_dir(sshd.data.join("d")).unwrap();
+    for i in 0..12 {
+        fs::write(sshd.data.join(format!("d/f{i}")), format!("old {i}")).unwrap();
+    }
+    let m = Mount::root(&sshd, "", "");
+    let names: Vec<String> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 12);
+    let content = |n: &str| format!("old {}", &n[1..]).into_bytes();
+    // Reading files in listing order starts reading the next ones ahead.
+    for n in &names[..2] {
+        assert_eq!(fs::read(m.path("d").join(n)).unwrap(), content(n), "{n}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    fs::write(m.path("d").join(&names[2]), b"new, and longer").unwrap();
+    assert_eq!(
+        fs::read(m.path("d").join(&names[2])).unwrap(),
+        b"new, and longer",
+        "a file changed through the mount after it was read ahead"
+    );
+    for n in &names[3..] {
+        assert_eq!(fs::read(m.path("d").join(n)).unwrap(), content(n), "{n}");
+    }
+    // Appending through an open handle: reads through another handle see it at once.
+    let mut w = OpenOptions::new()
+        .append(true)
+        .open(m.path("d").join(&names[0]))
+        .unwrap();
+    let mut r = File::open(m.path("d").join(&names[0])).unwrap();
+    w.write_all(b"+").unwrap();
+    w.flush().unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    let mut want = content(&names[0]);
+    want.push(b'+');
+    assert_eq!(got, want);
+}
+
 #[test]
 fn rmdir_non_empty_is_enotempty() {
     let sshd = Sshd::start();

@@ -68,12 +68,15 @@ pub fn to_secs(t: SystemTime) -> u32 {
 /// Converts what the server sent into what `stat` shows. SFTP v3 has no ctime: it is the
 /// mtime, or later if we changed the inode's metadata ourselves (`ctime_floor`), so that
 /// chmod/chown/rename/link visibly update it as POSIX requires. It has no link count either:
-/// 1 tells tools like find that the count is not maintained.
+/// `nlink` is what a directory listing's long names said (or what a link() made it), else 1.
+/// Directories always show 1, which tells tools like find that the count is not maintained
+/// (a stale count there would make them skip subdirectories).
 pub fn to_file_attr(
     ino: u64,
     a: &FileAttributes,
     p: &Presentation,
     ctime_floor: Option<SystemTime>,
+    nlink: Option<u32>,
 ) -> FileAttr {
     let mode = mode_of(a);
     let size = a.size.unwrap_or(0);
@@ -92,7 +95,10 @@ pub fn to_file_attr(
         crtime: mtime,
         kind: kind_of(mode),
         perm: (mode & 0o7777 & !p.umask) as u16,
-        nlink: 1,
+        nlink: match kind_of(mode) {
+            FileType::Directory => 1,
+            _ => nlink.unwrap_or(1),
+        },
         uid: p.uid.or(a.uid).unwrap_or(0),
         gid: p.gid.or(a.gid).unwrap_or(0),
         rdev: 0,
@@ -185,7 +191,8 @@ mod tests {
     #[test]
     fn conversion_and_presentation() {
         let a = attrs(S_IFREG | 0o4755, 1000, 100);
-        let f = to_file_attr(7, &a, &Presentation::default(), None);
+        let f = to_file_attr(7, &a, &Presentation::default(), None, Some(3));
+        assert_eq!(f.nlink, 3);
         assert_eq!(f.kind, FileType::RegularFile);
         assert_eq!(f.perm, 0o4755);
         assert_eq!((f.uid, f.gid, f.size, f.blocks), (1000, 100, 1000, 2));
@@ -195,7 +202,8 @@ mod tests {
             gid: Some(2),
             umask: 0o027,
         };
-        let f = to_file_attr(7, &a, &p, Some(UNIX_EPOCH + Duration::from_secs(30)));
+        let f = to_file_attr(7, &a, &p, Some(UNIX_EPOCH + Duration::from_secs(30)), None);
+        assert_eq!(f.nlink, 1);
         assert_eq!((f.uid, f.gid, f.perm), (1, 2, 0o4750));
         assert_eq!(f.ctime, UNIX_EPOCH + Duration::from_secs(30));
         assert_eq!(kind_of(S_IFDIR | 0o755), FileType::Directory);

@@ -12,7 +12,7 @@
 //! before it is never served.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
@@ -45,6 +45,12 @@ pub struct InodeIo {
     deferred: Mutex<Option<(FileAttributes, Arc<File>)>>,
     /// A failure of deferred work found outside flush (e.g. by a getattr), for the next flush.
     error: Mutex<Option<Error>>,
+    /// Where the next O_APPEND write goes, shared by every handle of the inode so two append
+    /// handles never write over each other. Set from the server's size when an append handle
+    /// opens (after our queued writes landed), advanced by every write through us, reset by
+    /// truncation. The server's own O_APPEND is not used: it ignores offsets, so pipelined or
+    /// retried writes of one writer would land in arrival order.
+    end: Mutex<Option<u64>>,
 }
 
 impl Default for InodeIo {
@@ -56,6 +62,7 @@ impl Default for InodeIo {
             generation: AtomicU64::new(0),
             deferred: Mutex::new(None),
             error: Mutex::new(None),
+            end: Mutex::new(None),
         }
     }
 }
@@ -104,6 +111,18 @@ impl InodeIo {
         *self.inflight.borrow() != 0 || self.deferred.lock().unwrap().is_some()
     }
 
+    /// An append handle opened and the server says the file has `size` bytes (with all our
+    /// queued writes landed): appends go there, or past writes queued since.
+    pub fn append_from(&self, size: u64) {
+        let mut end = self.end.lock().unwrap();
+        *end = Some(end.unwrap_or(0).max(size));
+    }
+
+    /// The file was truncated (or created empty) through us.
+    pub fn truncated(&self, size: u64) {
+        *self.end.lock().unwrap() = Some(size);
+    }
+
     /// Content changed (or is about to): prefetched data is stale.
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -143,32 +162,53 @@ pub struct OpenFile {
     pub ino: u64,
     pub file: Arc<File>,
     pub io: Arc<InodeIo>,
-    /// For O_APPEND handles: where the next write goes (the remote size, advanced by our writes).
-    append_at: Option<Mutex<u64>>,
+    /// O_APPEND: writes go to the inode's end (`InodeIo::end`), whatever offset the kernel says.
+    append: bool,
     /// The first write-behind failure not yet reported.
     error: Mutex<Option<Error>>,
     ra: Mutex<ReadAhead>,
     /// What we believe the size is; read-ahead does not fetch beyond it.
     size_hint: AtomicU64,
+    /// Flushed and not written since (see `flushed`).
+    flushed: AtomicBool,
+    /// Anything was ever written through this handle.
+    written: AtomicBool,
+    /// The whole content, read ahead with the handle before the open (see `fs::Inner::preload`):
+    /// the bytes, the size they cover, and the inode's generation then.
+    preloaded: Mutex<Option<(Arc<Vec<u8>>, u64)>>,
 }
 
 impl OpenFile {
-    pub fn new(
-        ino: u64,
-        file: File,
-        io: Arc<InodeIo>,
-        append_at: Option<u64>,
-        size_hint: u64,
-    ) -> OpenFile {
+    pub fn new(ino: u64, file: File, io: Arc<InodeIo>, append: bool, size_hint: u64) -> OpenFile {
         OpenFile {
             ino,
             file: Arc::new(file),
             io,
-            append_at: append_at.map(Mutex::new),
+            append,
             error: Mutex::new(None),
             ra: Mutex::new(ReadAhead::default()),
             size_hint: AtomicU64::new(size_hint),
+            flushed: AtomicBool::new(false),
+            written: AtomicBool::new(false),
+            preloaded: Mutex::new(None),
         }
+    }
+
+    /// True once the kernel flushed this handle (close(2) does) and it was not written since:
+    /// it is most likely on its way to release.
+    pub fn flushed(&self) -> bool {
+        self.flushed.load(Ordering::SeqCst)
+    }
+
+    pub fn written(&self) -> bool {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Serves reads of this handle from `data` (the first `data.len()` bytes of a file of that
+    /// size) until the content changes through us.
+    pub fn preload(&self, data: Arc<Vec<u8>>) {
+        let generation = self.io.generation.load(Ordering::SeqCst);
+        *self.preloaded.lock().unwrap() = Some((data, generation));
     }
 
     pub fn set_size_hint(&self, size: u64) {
@@ -187,14 +227,15 @@ impl OpenFile {
         }
     }
 
-    /// Queues a write and returns once it is queued (not once it is on the server).
+    /// Queues a write and returns once it is queued (not once it is on the server), with the
+    /// offset it goes to (for O_APPEND handles, the end of the file, not `offset`).
     pub async fn write(
         self: &Arc<Self>,
         rt: &Handle,
         budget: &Arc<Semaphore>,
         offset: u64,
         data: Vec<u8>,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         if let Some(e) = self.take_error() {
             return Err(e);
         }
@@ -203,19 +244,21 @@ impl OpenFile {
             self.io.settle().await?;
         }
         let len = data.len() as u64;
+        self.flushed.store(false, Ordering::SeqCst);
+        self.written.store(true, Ordering::SeqCst);
         let permits = budget
             .clone()
             .acquire_many_owned(data.len().clamp(1, WRITE_BEHIND_BYTES) as u32)
             .await
             .map_err(|_| Error::Other("filesystem is shutting down".into()))?;
-        let offset = match &self.append_at {
-            Some(at) => {
-                let mut at = at.lock().unwrap();
-                let o = *at;
-                *at += len;
-                o
-            }
-            None => offset,
+        let offset = {
+            let mut end = self.io.end.lock().unwrap();
+            let at = match *end {
+                Some(e) if self.append => e,
+                _ => offset,
+            };
+            *end = Some(end.unwrap_or(0).max(at + len));
+            at
         };
         let id = self.io.next_id.fetch_add(1, Ordering::Relaxed);
         loop {
@@ -245,12 +288,14 @@ impl OpenFile {
             me.io.inflight.send_modify(|n| *n -= 1);
             drop(permits);
         });
-        Ok(())
+        Ok(offset)
     }
 
     /// Waits for this inode's queued writes and deferred metadata and returns (once) any
     /// failure among this handle's.
     pub async fn flush(&self) -> Result<(), Error> {
+        // Before settling: a write racing with this flush clears it again.
+        self.flushed.store(true, Ordering::SeqCst);
         let settled = self.io.settle().await;
         if let Some(e) = self.take_error() {
             return Err(e);
@@ -275,6 +320,17 @@ impl OpenFile {
         self.io.drain().await;
         if let Some(k) = known_size {
             self.size_hint.store(k, Ordering::Relaxed);
+        }
+        // Content read ahead with the handle, valid while the size we show is the size it was
+        // read at and nothing was written through us since.
+        if let Some((data, generation)) = &*self.preloaded.lock().unwrap()
+            && *generation == self.io.generation.load(Ordering::SeqCst)
+            && known_size == Some(data.len() as u64)
+        {
+            let len = data.len() as u64;
+            let from = offset.min(len) as usize;
+            let to = (offset + u64::from(size)).min(len) as usize;
+            return Ok(data[from..to].to_vec());
         }
         let size64 = u64::from(size);
         // Past the size we know, the file may have grown: ask for everything requested.

@@ -27,6 +27,8 @@ pub struct Node {
     /// lookups without a round trip, e.g. while unpacking into a directory we just listed or
     /// created).
     pub listing: Option<(HashSet<String>, Instant)>,
+    /// Link count, when a listing or our own link() told us (SFTP v3 attributes have none).
+    pub nlink: Option<u32>,
 }
 
 impl Node {
@@ -38,6 +40,7 @@ impl Node {
             fresh_until: None,
             ctime_floor: None,
             listing: None,
+            nlink: None,
         }
     }
 

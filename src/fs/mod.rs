@@ -27,6 +27,8 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     Request, SessionACL, TimeOrNow, WriteFlags,
 };
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
@@ -43,6 +45,58 @@ const NAME_MAX: usize = 255;
 
 /// Largest FUSE write we ask for: fewer, bigger requests on sequential writes.
 const MAX_WRITE: u32 = 1024 * 1024;
+
+/// Longest time a listing answers "no such name" (see `Inner::neg_ttl`).
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+/// Directory listings fetched ahead at once, mount-wide.
+const PREFETCH_PARALLEL: usize = 16;
+/// Most listings kept fetched ahead and not yet used.
+const PREFETCH_MAX: usize = 512;
+/// How many levels below a directory being read are listed ahead (`ls -R`, `find`, `du`
+/// descend next; listing a whole level at once turns a round trip per directory into one per
+/// level).
+const PREFETCH_DEPTH: u32 = 2;
+
+/// Small files whose content is read ahead when a file of their directory is opened for
+/// reading: the next ones in listing order, each opened and read in parallel, so a reader going
+/// through a directory (`cat *`, `find -exec cat`, `grep -r`, backups) finds them open and
+/// loaded (an open plus a read are two round trips that cannot be pipelined otherwise).
+const PRELOAD_AHEAD: usize = 8;
+/// Largest file read ahead that way.
+const PRELOAD_MAX_SIZE: u64 = 64 * 1024;
+/// Most files read ahead and not used yet (each holds a remote handle).
+const PRELOAD_MAX: usize = 32;
+/// How long content read ahead is served: an open shortly after.
+const PRELOAD_FRESH: Duration = Duration::from_secs(2);
+
+/// A small file opened and read ahead of its open (see `PRELOAD_AHEAD`).
+struct Preloaded {
+    file: Mutex<Option<crate::sftp::File>>,
+    data: Arc<Vec<u8>>,
+}
+
+struct Preload {
+    ready: Shared<BoxFuture<'static, Option<Arc<Preloaded>>>>,
+    mutations: u64,
+    valid_until: Instant,
+}
+
+/// A directory listing and when it was fetched.
+pub(crate) struct Listing {
+    entries: Vec<DirEntry>,
+    fetched: Instant,
+}
+
+type SharedListing = Shared<BoxFuture<'static, Option<Arc<Listing>>>>;
+
+/// A listing being (or already) fetched ahead of use.
+struct Prefetch {
+    listing: SharedListing,
+    /// `Inner::mutations` when it started: a change made since may not be in it.
+    mutations: u64,
+    valid_until: Instant,
+}
 
 /// The mount options the kernel sees for this filesystem.
 pub fn fuse_config(opts: &MountOptions) -> fuser::Config {
@@ -83,8 +137,24 @@ struct Inner {
     ttl: Duration,
     nodes: Mutex<Inodes>,
     files: Mutex<Files>,
+    /// How long a listing's word that a name does not exist is trusted: short, since files
+    /// other clients create on the server should show up soon (sshfs caches no negatives).
+    neg_ttl: Duration,
     /// Open directories: the listing taken at the first readdir (offset 0).
-    dirs: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
+    dirs: Mutex<HashMap<u64, Option<Arc<Listing>>>>,
+    /// Directory listings fetched ahead of use (see `prefetch_children`), by path.
+    prefetched: Mutex<HashMap<String, Prefetch>>,
+    /// Small files opened and read ahead, by path (see `PRELOAD_AHEAD`).
+    preloads: Mutex<HashMap<String, Preload>>,
+    /// The latest listings by directory path, for the order files are read ahead in.
+    recent: Mutex<HashMap<String, Arc<Listing>>>,
+    /// Per directory (of those in `recent`), the listing position of the file opened last.
+    last_opened: Mutex<HashMap<String, usize>>,
+    /// Bounds how many listings are fetched ahead at once.
+    prefetch_slots: Arc<Semaphore>,
+    /// Bumped by every change made through the mount: anything fetched ahead before a change
+    /// is not served after it.
+    mutations: AtomicU64,
     next_fh: AtomicU64,
     /// Bytes of write-behind in flight, mount-wide.
     budget: Arc<Semaphore>,
@@ -153,7 +223,14 @@ impl SshFs {
                 ttl,
                 nodes: Mutex::new(Inodes::new()),
                 files: Mutex::new(Files::default()),
+                neg_ttl: ttl.min(NEGATIVE_TTL),
                 dirs: Mutex::new(HashMap::new()),
+                prefetched: Mutex::new(HashMap::new()),
+                preloads: Mutex::new(HashMap::new()),
+                recent: Mutex::new(HashMap::new()),
+                last_opened: Mutex::new(HashMap::new()),
+                prefetch_slots: Arc::new(Semaphore::new(PREFETCH_PARALLEL)),
+                mutations: AtomicU64::new(0),
                 next_fh: AtomicU64::new(1),
                 budget: Arc::new(Semaphore::new(WRITE_BEHIND_BYTES)),
                 creator: Mutex::new(Creator::default()),
@@ -222,13 +299,13 @@ impl Inner {
     }
 
     fn file_attr(&self, ino: u64, a: &FileAttributes) -> FileAttr {
-        let floor = self
+        let (floor, nlink) = self
             .nodes
             .lock()
             .unwrap()
             .get(ino)
-            .and_then(|n| n.ctime_floor);
-        attr::to_file_attr(ino, a, &self.present, floor)
+            .map_or((None, None), |n| (n.ctime_floor, n.nlink));
+        attr::to_file_attr(ino, a, &self.present, floor, nlink)
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
@@ -261,14 +338,17 @@ impl Inner {
         }
     }
 
-    /// An open handle of `ino`, to change its attributes through.
-    fn any_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
+    /// An open handle of `ino` still in use, to defer attribute changes to. A handle that was
+    /// flushed and not written since is most likely closed already: the kernel sends RELEASE
+    /// some time after close(2) returns, and a utimensat by path made after close(2) must reach
+    /// the server before it returns, not with that late release.
+    fn active_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
         self.files
             .lock()
             .unwrap()
             .open
             .values()
-            .find(|of| of.ino == ino)
+            .find(|of| of.ino == ino && !of.flushed())
             .cloned()
     }
 
@@ -450,7 +530,7 @@ impl Inner {
         let deferrable = size.is_none() && uid.is_none() && gid.is_none() && self.caching();
         if deferrable
             && let (Some(io), Some(base)) = (&io, &base)
-            && let Some(of) = self.any_handle(ino)
+            && let Some(of) = self.active_handle(ino)
         {
             let mut set = FileAttributes {
                 permissions: mode.map(|m| m & 0o7777),
@@ -572,6 +652,9 @@ impl Inner {
             self.fetch(path.as_deref(), handle.as_ref()).await?
         };
         if let Some(s) = size {
+            if let Some(io) = &io {
+                io.truncated(s);
+            }
             for of in self.files.lock().unwrap().open.values() {
                 if of.ino == ino {
                     of.set_size_hint(s);
@@ -865,6 +948,16 @@ impl Inner {
         };
         let fa = self.remember(&to, a.clone());
         self.touch_ctime(fa.ino.0);
+        // Both names now count one more link (SFTP v3 cannot tell us; listings refresh it).
+        {
+            let mut t = self.nodes.lock().unwrap();
+            let links = t.get(ino).and_then(|n| n.nlink).unwrap_or(1) + 1;
+            for i in [ino, fa.ino.0] {
+                if let Some(n) = t.get_mut(i) {
+                    n.nlink = Some(links);
+                }
+            }
+        }
         Ok(self.file_attr(fa.ino.0, &a))
     }
 
@@ -883,7 +976,7 @@ impl Inner {
         f
     }
 
-    async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+    async fn open(self: &Arc<Self>, ino: u64, flags: i32) -> Result<u64, Errno> {
         let path = self.path_of(ino)?;
         let sflags = Self::sftp_flags(flags);
         let truncate = sflags.contains(OpenFlags::TRUNCATE);
@@ -891,23 +984,26 @@ impl Inner {
             io.settle().await.map_err(|e| errno(&e))?;
             io.invalidate();
         }
-        let f = self
-            .sftp
-            .open(&self.full(&path), sflags, FileAttributes::default())
-            .await
-            .map_err(|e| errno(&e))?;
-        let append_at = if sflags.contains(OpenFlags::APPEND) {
-            // Appends go at the end as the server sees it, not as the kernel last saw it.
-            match f.fstat().await {
-                Ok(a) => Some(a.size.unwrap_or(0)),
-                Err(e) => {
-                    let _ = f.close().await;
-                    return Err(errno(&e));
-                }
-            }
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY && !truncate;
+        let preloaded = if read_only {
+            self.take_preloaded(&path).await
         } else {
             None
         };
+        let (f, data) = match preloaded {
+            Some((f, data)) => (f, Some(data)),
+            None => (
+                self.sftp
+                    .open(&self.full(&path), sflags, FileAttributes::default())
+                    .await
+                    .map_err(|e| errno(&e))?,
+                None,
+            ),
+        };
+        if read_only && self.caching() {
+            self.preload_next(&path, data.is_some());
+        }
+        let append = sflags.contains(OpenFlags::APPEND);
         let size_hint = {
             let mut t = self.nodes.lock().unwrap();
             let node = t.get_mut(ino);
@@ -923,8 +1019,35 @@ impl Inner {
                 None => u64::MAX,
             }
         };
-        let size_hint = append_at.unwrap_or(size_hint);
-        Ok(self.register(ino, |io| OpenFile::new(ino, f, io, append_at, size_hint)))
+        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append, size_hint));
+        if let Some(data) = data
+            && let Ok(of) = self.handle(fh)
+        {
+            of.preload(data);
+        }
+        if truncate && let Some(io) = self.io_of(ino) {
+            io.truncated(0);
+        }
+        if append {
+            // Appends go at the end as the server sees it (once our own queued writes have
+            // landed), not as the kernel last saw it: the file may have grown on the server.
+            let of = self.handle(fh)?;
+            of.io.drain().await;
+            match of.file.fstat().await {
+                Ok(a) => {
+                    let size = a.size.unwrap_or(0);
+                    of.io.append_from(size);
+                    of.set_size_hint(size);
+                }
+                Err(e) => {
+                    if let Some(of) = self.unregister(fh) {
+                        let _ = of.file.close().await;
+                    }
+                    return Err(errno(&e));
+                }
+            }
+        }
+        Ok(fh)
     }
 
     async fn create(
@@ -974,11 +1097,12 @@ impl Inner {
         };
         let fa = self.remember(&cpath, a.clone());
         let ino = fa.ino.0;
-        let append_at = sflags
-            .contains(OpenFlags::APPEND)
-            .then(|| a.size.unwrap_or(0));
+        let append = sflags.contains(OpenFlags::APPEND);
         let size = a.size.unwrap_or(0);
-        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append_at, size));
+        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append, size));
+        if append && let Some(io) = self.io_of(ino) {
+            io.append_from(size);
+        }
         Ok((fa, fh))
     }
 
@@ -988,6 +1112,16 @@ impl Inner {
         };
         of.stop();
         let flushed = of.flush().await;
+        if !of.written() {
+            // Nothing was written through this handle: the server's answer to the close
+            // changes nothing, so nobody waits for it (the handle slot stays taken until then).
+            tokio::spawn(async move {
+                if let Err(e) = of.file.close().await {
+                    tracing::debug!(ino = of.ino, "close: {e}");
+                }
+            });
+            return flushed.map_err(|e| io_errno(&e));
+        }
         let closed = of.file.close().await;
         if let Err(e) = &flushed {
             // Nobody is left to tell: the kernel ignores release errors.
@@ -1000,17 +1134,58 @@ impl Inner {
     }
 
     /// The listing of an open directory: fetched at offset 0 (first read or rewinddir),
-    /// reused for later offsets. Also feeds the caches.
-    async fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+    /// reused for later offsets. Also feeds the caches, and starts listing subdirectories ahead.
+    async fn listing(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<Arc<Listing>, Errno> {
         if offset != 0
             && let Some(Some(l)) = self.dirs.lock().unwrap().get(&fh)
         {
             return Ok(Arc::clone(l));
         }
         let path = self.path_of(ino)?;
+        let mutations = self.mutations.load(Ordering::SeqCst);
+        let ahead = self.take_prefetched(&path);
+        let list = match ahead {
+            Some(f) => match f.await {
+                Some(l) => l,
+                None => self.fetch_listing(&path).await?,
+            },
+            None => self.fetch_listing(&path).await?,
+        };
+        if self.caching()
+            && let Some(n) = self.nodes.lock().unwrap().get_mut(ino)
+        {
+            n.listing = Some((
+                list.entries.iter().map(|e| e.name.clone()).collect(),
+                list.fetched + self.neg_ttl,
+            ));
+        }
+        if let Some(slot) = self.dirs.lock().unwrap().get_mut(&fh) {
+            *slot = Some(Arc::clone(&list));
+        }
+        self.keep_for_reuse(&path, &list, mutations);
+        if self.caching() {
+            let mut recent = self.recent.lock().unwrap();
+            if recent.len() >= PREFETCH_MAX {
+                recent.clear();
+                self.last_opened.lock().unwrap().clear();
+            }
+            recent.insert(path.clone(), Arc::clone(&list));
+        }
+        self.prefetch_children(&path, &list, PREFETCH_DEPTH);
+        Ok(list)
+    }
+
+    /// Lists `path` from the server.
+    async fn fetch_listing(&self, path: &str) -> Result<Arc<Listing>, Errno> {
+        let fetched = Instant::now();
         let mut list = self
             .sftp
-            .read_dir(&self.full(&path))
+            .read_dir(&self.full(path))
             .await
             .map_err(|e| errno(&e))?;
         list.retain(|e| e.name != "." && e.name != ".." && !e.name.contains('/'));
@@ -1019,7 +1194,7 @@ impl Inner {
                 .filter(|i| attr::is_symlink(&list[*i].attrs))
                 .collect();
             let stats = futures::future::join_all(links.iter().map(|&i| {
-                let full = self.full(&child_path(&path, &list[i].name));
+                let full = self.full(&child_path(path, &list[i].name));
                 async move { self.sftp.stat(&full).await }
             }))
             .await;
@@ -1029,16 +1204,193 @@ impl Inner {
                 }
             }
         }
-        if let Some(until) = self.fresh_until()
-            && let Some(n) = self.nodes.lock().unwrap().get_mut(ino)
-        {
-            n.listing = Some((list.iter().map(|e| e.name.clone()).collect(), until));
+        Ok(Arc::new(Listing {
+            entries: list,
+            fetched,
+        }))
+    }
+
+    /// Keeps a listing just read for `neg_ttl`, for the next opendir of the same directory if
+    /// nothing changes through the mount meanwhile: `rm -r` and `find` read each directory
+    /// twice in a row.
+    fn keep_for_reuse(&self, path: &str, list: &Arc<Listing>, mutations: u64) {
+        if !self.caching() {
+            return;
         }
-        let list = Arc::new(list);
-        if let Some(slot) = self.dirs.lock().unwrap().get_mut(&fh) {
-            *slot = Some(Arc::clone(&list));
+        let mut ahead = self.prefetched.lock().unwrap();
+        if ahead.len() >= PREFETCH_MAX {
+            return;
         }
-        Ok(list)
+        let ready: Option<Arc<Listing>> = Some(Arc::clone(list));
+        ahead.insert(
+            path.to_string(),
+            Prefetch {
+                listing: futures::future::ready(ready).boxed().shared(),
+                mutations,
+                valid_until: list.fetched + self.neg_ttl,
+            },
+        );
+    }
+
+    /// The handle and content of `path` read ahead, if still good: nothing changed through the
+    /// mount since it was read, it is recent, and it has the size we show for the file.
+    async fn take_preloaded(&self, path: &str) -> Option<(crate::sftp::File, Arc<Vec<u8>>)> {
+        let p = self.preloads.lock().unwrap().remove(path)?;
+        if p.mutations != self.mutations.load(Ordering::SeqCst) || p.valid_until <= Instant::now() {
+            return None;
+        }
+        let ready = p.ready.await?;
+        if p.mutations != self.mutations.load(Ordering::SeqCst) {
+            return None;
+        }
+        let size = {
+            let t = self.nodes.lock().unwrap();
+            t.ino_of(path)
+                .and_then(|i| t.get(i))
+                .and_then(|n| n.attrs.as_ref()?.size)
+        };
+        if size != Some(ready.data.len() as u64) {
+            return None;
+        }
+        let f = ready.file.lock().unwrap().take()?;
+        Some((f, Arc::clone(&ready.data)))
+    }
+
+    /// Opens and reads ahead the small regular files that follow `path` in its directory's
+    /// listing (see `PRELOAD_AHEAD`), once files are being opened in that order (`hit`: this
+    /// one was read ahead). What is not used in time is closed.
+    fn preload_next(self: &Arc<Self>, path: &str, hit: bool) {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (d.to_string(), n),
+            None => (String::new(), path),
+        };
+        let Some(list) = self.recent.lock().unwrap().get(&dir).cloned() else {
+            return;
+        };
+        if list.fetched + self.ttl <= Instant::now() || !self.busy_inodes().is_empty() {
+            return;
+        }
+        let Some(at) = list.entries.iter().position(|e| e.name == name) else {
+            return;
+        };
+        // Random opens in a big directory would only waste requests: wait for a pattern (or
+        // the first entry, where a scan in listing order starts).
+        let before = self.last_opened.lock().unwrap().insert(dir.clone(), at);
+        let in_order = before.is_some_and(|b| at > b && at <= b + PRELOAD_AHEAD);
+        if !hit && !in_order && at != 0 {
+            return;
+        }
+        let mutations = self.mutations.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut preloads = self.preloads.lock().unwrap();
+        preloads.retain(|_, p| p.mutations == mutations && p.valid_until > now);
+        let next = list.entries[at + 1..]
+            .iter()
+            .filter(|e| {
+                attr::mode_of(&e.attrs) & S_IFMT == S_IFREG
+                    && e.attrs.size.is_some_and(|s| s <= PRELOAD_MAX_SIZE)
+            })
+            .take(PRELOAD_AHEAD);
+        for e in next {
+            if preloads.len() >= PRELOAD_MAX {
+                break;
+            }
+            let cpath = child_path(&dir, &e.name);
+            if preloads.contains_key(&cpath) {
+                continue;
+            }
+            let size = e.attrs.size.unwrap_or(0);
+            let me = Arc::clone(self);
+            let full = self.full(&cpath);
+            let ready = async move {
+                let f = me
+                    .sftp
+                    .open(&full, OpenFlags::READ, FileAttributes::default())
+                    .await
+                    .ok()?;
+                let data = if size == 0 {
+                    Vec::new()
+                } else {
+                    f.read(0, size as u32).await.ok()?
+                };
+                Some(Arc::new(Preloaded {
+                    file: Mutex::new(Some(f)),
+                    data: Arc::new(data),
+                }))
+            }
+            .boxed()
+            .shared();
+            self.rt.spawn(ready.clone().map(drop));
+            preloads.insert(
+                cpath,
+                Preload {
+                    ready,
+                    mutations,
+                    valid_until: now + PRELOAD_FRESH,
+                },
+            );
+        }
+    }
+
+    /// A change is being made through the mount.
+    fn mutated(&self) {
+        self.mutations.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The listing of `path` fetched ahead, if it is still as good as a fresh one: started
+    /// after the last change made through the mount, and within the cache timeout.
+    fn take_prefetched(&self, path: &str) -> Option<SharedListing> {
+        let p = self.prefetched.lock().unwrap().remove(path)?;
+        let unchanged = p.mutations == self.mutations.load(Ordering::SeqCst);
+        (unchanged && p.valid_until > Instant::now()).then_some(p.listing)
+    }
+
+    /// Starts listing the subdirectories of `dir` (and theirs, `depth` levels down) in the
+    /// background, bounded in parallelism and in how many unused listings are kept.
+    fn prefetch_children(self: &Arc<Self>, dir: &str, list: &Listing, depth: u32) {
+        if depth == 0 || !self.caching() || !list.entries.iter().any(|e| attr::is_dir(&e.attrs)) {
+            return;
+        }
+        // Listings taken while writes are in flight would carry sizes about to change.
+        if !self.busy_inodes().is_empty() {
+            return;
+        }
+        let mutations = self.mutations.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut ahead = self.prefetched.lock().unwrap();
+        ahead.retain(|_, p| p.mutations == mutations && p.valid_until > now);
+        for e in list.entries.iter().filter(|e| attr::is_dir(&e.attrs)) {
+            if ahead.len() >= PREFETCH_MAX {
+                break;
+            }
+            let path = child_path(dir, &e.name);
+            if ahead.contains_key(&path) {
+                continue;
+            }
+            let me = Arc::clone(self);
+            let p = path.clone();
+            let listing = async move {
+                let _slot = me.prefetch_slots.clone().acquire_owned().await.ok()?;
+                if me.mutations.load(Ordering::SeqCst) != mutations {
+                    return None;
+                }
+                let l = me.fetch_listing(&p).await.ok()?;
+                me.prefetch_children(&p, &l, depth - 1);
+                Some(l)
+            }
+            .boxed()
+            .shared();
+            // Runs now, whether or not anybody asks for it.
+            self.rt.spawn(listing.clone().map(drop));
+            ahead.insert(
+                path,
+                Prefetch {
+                    listing,
+                    mutations,
+                    valid_until: now + self.ttl,
+                },
+            );
+        }
     }
 
     /// Inodes with writes in flight: the server's size for them is behind ours.
@@ -1053,10 +1405,14 @@ impl Inner {
             .collect()
     }
 
-    fn fill_plus(&self, ino: u64, list: &[DirEntry], offset: u64, reply: &mut ReplyDirectoryPlus) {
+    fn fill_plus(&self, ino: u64, list: &Listing, offset: u64, reply: &mut ReplyDirectoryPlus) {
         let busy = self.busy_inodes();
-        let ttl = self.ttl;
-        let fresh = self.fresh_until();
+        // Entries are as fresh as the listing, which may have been fetched ahead.
+        let fresh = self.caching().then(|| list.fetched + self.ttl);
+        let ttl = fresh.map_or(Duration::ZERO, |f| {
+            f.saturating_duration_since(Instant::now())
+        });
+        let list = &list.entries;
         let mut t = self.nodes.lock().unwrap();
         let dir_path = t.path(ino).unwrap_or_default();
         let dot = dir_attr(ino);
@@ -1084,9 +1440,10 @@ impl Inner {
             if !busy.contains(&cino) {
                 node.attrs = Some(e.attrs.clone());
                 node.fresh_until = fresh;
+                node.nlink = e.nlink;
             }
             let a = node.attrs.clone().unwrap_or_else(|| e.attrs.clone());
-            let fa = attr::to_file_attr(cino, &a, &self.present, node.ctime_floor);
+            let fa = attr::to_file_attr(cino, &a, &self.present, node.ctime_floor, node.nlink);
             if reply.add(INodeNo(cino), next, &e.name, &ttl, &fa, Generation(0)) {
                 t.drop_if_unused(cino);
                 break;
@@ -1096,7 +1453,8 @@ impl Inner {
         }
     }
 
-    fn fill(&self, ino: u64, list: &[DirEntry], offset: u64, reply: &mut ReplyDirectory) {
+    fn fill(&self, ino: u64, list: &Listing, offset: u64, reply: &mut ReplyDirectory) {
+        let list = &list.entries;
         let t = self.nodes.lock().unwrap();
         for i in offset as usize..list.len() + 2 {
             let next = i as u64 + 1;
@@ -1149,7 +1507,7 @@ fn dir_attr(ino: u64) -> FileAttr {
         permissions: Some(S_IFDIR | 0o755),
         ..Default::default()
     };
-    attr::to_file_attr(ino, &a, &Presentation::default(), None)
+    attr::to_file_attr(ino, &a, &Presentation::default(), None, None)
 }
 
 impl Filesystem for SshFs {
@@ -1187,10 +1545,10 @@ impl Filesystem for SshFs {
             match fs.lookup(parent.0, &name).await {
                 Ok(Entry::Found(a)) => reply.entry(&fs.ttl, &a, Generation(0)),
                 Ok(Entry::Absent) if fs.caching() => {
-                    // Node id 0 is a negative entry the kernel may cache for the ttl.
+                    // Node id 0 is a negative entry the kernel may cache for a while.
                     let mut a = dir_attr(0);
                     a.ino = INodeNo(0);
-                    reply.entry(&fs.ttl, &a, Generation(0));
+                    reply.entry(&fs.neg_ttl, &a, Generation(0));
                 }
                 Ok(Entry::Absent) => reply.error(Errno::ENOENT),
                 Err(e) => reply.error(e),
@@ -1229,6 +1587,7 @@ impl Filesystem for SshFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.inner.mutated();
         self.spawn(move |fs| async move {
             let r = fs
                 .setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0))
@@ -1259,6 +1618,7 @@ impl Filesystem for SshFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.mknod(parent.0, &name, mode).await {
@@ -1277,6 +1637,7 @@ impl Filesystem for SshFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.mkdir(parent.0, &name, mode).await {
@@ -1287,6 +1648,7 @@ impl Filesystem for SshFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.unlink(parent.0, &name).await {
@@ -1297,6 +1659,7 @@ impl Filesystem for SshFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.rmdir(parent.0, &name).await {
@@ -1314,6 +1677,7 @@ impl Filesystem for SshFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let name = link_name.to_owned();
         let target = target.to_owned();
         self.spawn(move |fs| async move {
@@ -1334,6 +1698,7 @@ impl Filesystem for SshFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.inner.mutated();
         let (name, newname) = (name.to_owned(), newname.to_owned());
         self.spawn(move |fs| async move {
             match fs
@@ -1354,6 +1719,7 @@ impl Filesystem for SshFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.inner.mutated();
         let newname = newname.to_owned();
         self.spawn(move |fs| async move {
             match fs.link(ino.0, newparent.0, &newname).await {
@@ -1364,6 +1730,9 @@ impl Filesystem for SshFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_TRUNC != 0 {
+            self.inner.mutated();
+        }
         self.spawn(move |fs| async move {
             match fs.open(ino.0, flags.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -1413,6 +1782,7 @@ impl Filesystem for SshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.inner.mutated();
         let of = match self.inner.handle(fh.0) {
             Ok(of) => of,
             Err(e) => return reply.error(e),
@@ -1421,12 +1791,18 @@ impl Filesystem for SshFs {
         self.spawn(move |fs| async move {
             let len = data.len() as u64;
             match of.write(&fs.rt, &fs.budget, offset, data).await {
-                Ok(()) => {
+                Ok(at) => {
                     if let Some(n) = fs.nodes.lock().unwrap().get_mut(ino.0) {
-                        if let Some(a) = n.attrs.as_mut() {
-                            a.size = Some(a.size.unwrap_or(0).max(offset + len));
+                        // What the write does to the attributes is known: size and mtime are
+                        // updated here, so a stat right after (tar does one per file) is
+                        // answered without waiting for the write to land and asking the server.
+                        match n.attrs.as_mut() {
+                            Some(a) => {
+                                a.size = Some(a.size.unwrap_or(0).max(at + len));
+                                a.mtime = Some(attr::to_secs(SystemTime::now()));
+                            }
+                            None => n.stale(),
                         }
-                        n.stale();
                     }
                     reply.written(len as u32);
                 }
@@ -1589,6 +1965,7 @@ impl Filesystem for SshFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.inner.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, mode, flags).await {
