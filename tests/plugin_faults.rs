@@ -196,7 +196,11 @@ fn server_outage_beyond_reconnect_timeout_fails_with_eio_then_recovers() {
         took < Duration::from_secs(30),
         "the failing write took {took:?}; reconnect_timeout=3 should bound it"
     );
-    assert_mentions(&out.stderr, "I/O error", "write while the server is down");
+    assert_mentions(
+        &out.stderr,
+        "Input/output error",
+        "write while the server is down",
+    );
     // A read of something not cached fails the same way.
     let t = Instant::now();
     let ls = c.exec("ls /data/no-such-dir-yet/");
@@ -250,7 +254,9 @@ fn plugin_killed_with_sigkill_recovers() {
     let id = plugin_id(&ctx);
     let root = ctx.propagated_mount_root();
     let before: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
-    let ours = || -> Vec<String> {
+    // A set: each mount shows twice in mountinfo (the propagated-mount bind and the filesystem
+    // under it are peers, so the mount propagates to both).
+    let ours = || -> BTreeSet<String> {
         fuse_mounts_under(&root)
             .into_iter()
             .filter(|m| !before.contains(m))
@@ -505,10 +511,10 @@ fn copy_up_into_empty_volume_with_non_root_login() {
     eprintln!("strict_chown error: {}", out.stderr.trim());
     let msg = out.stderr.replace(strict.as_str(), "<volume>");
     assert_mentions(&msg, "chown", "strict_chown copy-up error");
-    assert_mentions(
-        &msg,
-        "operation not permitted",
-        "strict_chown copy-up error",
+    let lower = msg.to_lowercase();
+    assert!(
+        lower.contains("operation not permitted") || lower.contains("permission denied"),
+        "strict_chown copy-up error says the server refused: {msg}"
     );
 }
 
@@ -821,7 +827,7 @@ fn load_many_mounts_no_leaks() {
     let pid = plugin_pid(&id).expect("the plugin's process");
     let root = ctx.propagated_mount_root();
     let before_mounts: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
-    let ours = || -> Vec<String> {
+    let ours = || -> BTreeSet<String> {
         fuse_mounts_under(&root)
             .into_iter()
             .filter(|m| !before_mounts.contains(m))
@@ -944,6 +950,9 @@ fn load_many_mounts_no_leaks() {
         );
         if let Some(e) = err_of(&u) {
             panic!("cycle {i}: Unmount failed: {e}");
+        }
+        if i % 50 == 49 {
+            eprintln!("after {} cycles: {:?}", i + 1, usage(pid));
         }
     }
     let cycles = t.elapsed();

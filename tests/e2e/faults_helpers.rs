@@ -218,10 +218,17 @@ pub fn sshd_pid(cfg: &Config) -> Option<u32> {
 /// are the listener's children), like a dropped network. Returns how many were killed.
 pub fn kill_ssh_sessions(cfg: &Config) -> usize {
     let pid = sshd_pid(cfg).expect("the test sshd is not running");
-    let children: Vec<u32> = all_pids()
-        .into_iter()
-        .filter(|&p| ppid(p) == Some(pid))
-        .collect();
+    // All descendants: with privilege separation the per-connection monitor ("sshd: u [priv]")
+    // has a child ("sshd: u@notty") that holds the TCP connection and serves SFTP by itself.
+    let pids = all_pids();
+    let mut family = vec![pid];
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        family.extend(pids.iter().copied().filter(|&p| ppid(p) == Some(parent)));
+        i += 1;
+    }
+    let children: Vec<u32> = family[1..].to_vec();
     for &c in &children {
         // SAFETY: plain kill(2) on a PID we just found as the test sshd's child.
         unsafe {
