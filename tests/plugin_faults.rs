@@ -502,6 +502,12 @@ fn copy_up_into_empty_volume_with_non_root_login() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o640, "modes are copied even though ownership is not");
+    // What is done instead of the refused chown: files belong to the SSH login (tester).
+    use std::os::unix::fs::MetadataExt;
+    for f in ["a", "b", "sub/c"] {
+        let uid = fs::metadata(dir.host.join(f)).unwrap().uid();
+        assert_eq!(uid, 1000, "{f} on the server belongs to the SSH login");
+    }
 
     let sdir = ctx.remote_dir("copyupstrict");
     let mut opts = ctx.password_opts(&sdir);
@@ -725,6 +731,11 @@ fn secrets_stay_secret_with_debug_logging() {
         .run(v_badpp.as_str(), &[], "true")
         .fails("encrypted key with a wrong passphrase");
     eprintln!("wrong passphrase error: {}", out.stderr.trim());
+    assert_mentions(
+        &out.stderr,
+        "passphrase",
+        "encrypted key with a wrong passphrase",
+    );
     outputs.push(out.text());
 
     // Status of every volume: no secret.
