@@ -167,7 +167,7 @@ impl Driver {
     /// Slow start-up work, run after the socket listens: detach the dead FUSE mounts a previous
     /// run left behind. Mounts wait for this (it would otherwise detach their fresh mount).
     pub async fn startup(&self) {
-        if let Err(e) = std::fs::create_dir_all(&self.volumes_dir) {
+        if let Err(e) = create_dir_0755(&self.volumes_dir) {
             tracing::error!(dir = %self.volumes_dir.display(), "cannot create the volumes dir: {e}");
         }
         let dir = self.volumes_dir.clone();
@@ -717,11 +717,25 @@ pub fn mount_dir_name(name: &str) -> String {
     format!("{prefix}-{}", &hash[..32])
 }
 
+/// Creates `dir` (and parents) traversable by everyone, whatever the process umask (0077 in
+/// `serve`); an existing directory is left as it is.
+fn create_dir_0755(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
 /// Makes `mp` an empty directory we can mount on. Returns true if a stale mount had to be
 /// detached first (left by a crashed run: stat fails with ENOTCONN, or it is still a mountpoint
 /// although we hold no mount for it).
 fn prepare_mountpoint(volumes_dir: &Path, mp: &Path) -> io::Result<bool> {
-    std::fs::create_dir_all(volumes_dir)?;
+    create_dir_0755(volumes_dir)?;
     let mut detached = false;
     match std::fs::symlink_metadata(mp) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -791,6 +805,88 @@ mod tests {
         }
         assert_eq!(mount_dir_name("vol"), mount_dir_name("vol"), "stable");
         assert!(mount_dir_name("vol").starts_with("vol-"));
+    }
+
+    fn temp_driver(tag: &str) -> (Arc<Driver>, PathBuf) {
+        let d = std::env::temp_dir().join(format!("dvs-driver-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let store = Store::open(&d.join("state")).unwrap();
+        (Driver::new(store, d.join("volumes")), d)
+    }
+
+    fn opts(items: &[(&str, &str)]) -> BTreeMap<String, String> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn create_get_list_remove_without_a_server() {
+        let (drv, dir) = temp_driver("lifecycle");
+        let o = opts(&[
+            ("sshcmd", "u@h:/srv"),
+            ("password", "hunter2"),
+            ("port", "2222"),
+        ]);
+        drv.create("v", o.clone()).await.unwrap();
+        drv.create("v", o).await.unwrap();
+        let e = drv
+            .create("v", opts(&[("sshcmd", "u@h:/other")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DriverError::Exists(_)), "{e}");
+
+        let info = drv.get("v").unwrap();
+        let shown = serde_json::to_string(&info).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(r#""remote":"u@h:/srv""#) && shown.contains(r#""state":"idle""#));
+        assert!(info.created_at.is_some());
+        assert_eq!(drv.list().unwrap().len(), 1);
+        assert_eq!(
+            drv.path("v").unwrap(),
+            dir.join("volumes").join(mount_dir_name("v"))
+        );
+
+        // Unmounting an ID that was never counted changes nothing and does not fail.
+        drv.unmount("v", "never-mounted").await.unwrap();
+        drv.remove("v").await.unwrap();
+        assert!(matches!(drv.get("v"), Err(DriverError::NotFound(_))));
+        // Removing again (dockerd and the plugin disagree) is not an error.
+        drv.remove("v").await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn remove_never_deletes_files_in_the_mount_directory() {
+        let (drv, dir) = temp_driver("rmdir");
+        drv.create("v", opts(&[("sshcmd", "h:/x")])).await.unwrap();
+        let mp = drv.path("v").unwrap();
+        std::fs::create_dir_all(&mp).unwrap();
+        std::fs::write(mp.join("keep"), b"data").unwrap();
+        drv.remove("v").await.unwrap();
+        assert_eq!(std::fs::read(mp.join("keep")).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_options_and_names_are_refused_at_create() {
+        let (drv, dir) = temp_driver("refuse");
+        let e = drv.create("v", opts(&[])).await.unwrap_err().to_string();
+        assert!(e.contains("missing option sshcmd"), "{e}");
+        let e = drv
+            .create("v", opts(&[("sshcmd", "h:/x"), ("password_stdin", "")]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_file"), "{e}");
+        let e = drv
+            .create("../x", opts(&[("sshcmd", "h:/x")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DriverError::BadName { .. }));
+        assert!(drv.list().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -37,6 +37,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match cli.command {
         Command::Serve(args) => docker_volume_sshfs::protocol::serve_main(args),
         Command::Mount {
@@ -46,4 +47,29 @@ fn main() -> ExitCode {
             mountpoint,
         } => docker_volume_sshfs::mount::mount_main(port, &options, &remote, &mountpoint),
     }
+}
+
+/// Logs go to stderr (dockerd's log for the plugin). DEBUG=1/true (the plugin setting) adds
+/// detail; RUST_LOG, if set, overrides everything. Secrets are never logged at any level.
+fn init_logging() {
+    let debug = std::env::var("DEBUG").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    });
+    // fuser warns "Failed to umount" after every unmount we already did lazily ourselves.
+    let default = if debug {
+        "info,docker_volume_sshfs=debug,fuser::session=error"
+    } else {
+        "info,fuser::session=error"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(debug)
+        .try_init();
 }

@@ -197,7 +197,6 @@ pub fn mount_main(
     remote: &str,
     mountpoint: &Path,
 ) -> ExitCode {
-    init_logging();
     let mut raw: options::RawOptions = options
         .iter()
         .flat_map(|o| options::split_cli_options(o))
@@ -264,25 +263,6 @@ pub fn mount_main(
             }
         }
     })
-}
-
-/// Logs to stderr; `RUST_LOG` or `DEBUG=1` raise the level.
-pub fn init_logging() {
-    let debug = matches!(
-        std::env::var("DEBUG").as_deref(),
-        Ok("1") | Ok("true") | Ok("yes")
-    );
-    let default = if debug {
-        "debug,russh=info,russh_sftp=info"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]

@@ -181,14 +181,14 @@ pub enum OptionError {
     },
     #[error("option {name} needs a value: {expected}")]
     MissingValue { name: String, expected: String },
-    #[error("unknown option '{name}'. Supported options: {}", SUPPORTED.join(", "))]
+    #[error("unknown option '{name}'. Supported options: {}", supported().collect::<Vec<_>>().join(", "))]
     Unknown { name: String },
     #[error("options {0} and {1} cannot be used together")]
     Conflict(String, String),
 }
 
-/// Every option name we accept, for error messages and the README.
-pub const SUPPORTED: &[&str] = &[
+/// Options this implementation acts on.
+const HONOURED: &[&str] = &[
     "sshcmd",
     "port",
     "password",
@@ -197,7 +197,6 @@ pub const SUPPORTED: &[&str] = &[
     "IdentityFile",
     "passphrase",
     "allow_other",
-    "allow_root",
     "default_permissions",
     "uid",
     "gid",
@@ -217,33 +216,7 @@ pub const SUPPORTED: &[&str] = &[
     "cache",
     "cache_timeout",
     "strict_chown",
-    "reconnect",
-    "workaround",
     "idmap",
-    "transform_symlinks",
-    "delay_connect",
-    "no_check_root",
-    "nonempty",
-    "big_writes",
-    "large_read",
-    "kernel_cache",
-    "auto_cache",
-    "direct_io",
-    "noatime",
-    "atime",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
-    "debug",
-    "sshfs_debug",
-    "LogLevel",
-    "BatchMode",
-    "PasswordAuthentication",
-    "PreferredAuthentications",
-    "IdentitiesOnly",
     "ssh_command",
     "sftp_server",
 ];
@@ -279,6 +252,11 @@ const ACCEPTED_NO_OPS: &[&str] = &[
     "IdentitiesOnly",
     "allow_root",
 ];
+
+/// Every option name we accept, for error messages and the README.
+pub fn supported() -> impl Iterator<Item = &'static str> {
+    HONOURED.iter().chain(ACCEPTED_NO_OPS).copied()
+}
 
 /// One `name[=value]` item as given by the user; `value` is `None` for a bare flag.
 pub type RawOptions = Vec<(String, Option<String>)>;
@@ -324,10 +302,7 @@ pub fn from_docker_opts(opts: &BTreeMap<String, String>) -> RawOptions {
 
 /// The canonical name of an option, matched case-insensitively like ssh_config(5) keywords.
 fn canonical(name: &str) -> Option<&'static str> {
-    SUPPORTED
-        .iter()
-        .copied()
-        .find(|s| s.eq_ignore_ascii_case(name))
+    supported().find(|s| s.eq_ignore_ascii_case(name))
 }
 
 /// Validates options. `remote` is the positional remote of the command line (the plugin passes
@@ -486,7 +461,7 @@ pub fn parse(
                 ));
             }
             k if ACCEPTED_NO_OPS.contains(&k) => {}
-            _ => unreachable!("every SUPPORTED name is handled: {key}"),
+            _ => unreachable!("every supported name is handled: {key}"),
         }
     }
 

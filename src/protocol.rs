@@ -46,7 +46,10 @@ const STATE_OPEN_RETRY: Duration = Duration::from_secs(6);
 
 /// Runs the plugin until SIGTERM.
 pub fn serve_main(args: ServeArgs) -> ExitCode {
-    init_tracing();
+    // sled keeps creating files (snapshots, blobs) after start-up, from its own threads: a
+    // process-wide umask is the only way to keep every one of them root-only. Directories that
+    // others must traverse (mountpoints) get their mode set explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -78,31 +81,6 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
-}
-
-/// DEBUG=1/true (the plugin setting) adds detail; RUST_LOG, if set, overrides everything.
-fn init_tracing() {
-    let debug = std::env::var("DEBUG")
-        .map(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        })
-        .unwrap_or(false);
-    let default = if debug {
-        "info,docker_volume_sshfs=debug"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_target(debug)
-        .try_init();
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {

@@ -1021,3 +1021,72 @@ fn unknown_option_lists_supported_ones() {
         );
     }
 }
+
+#[test]
+fn wrong_passphrase_names_the_key() {
+    let sshd = Sshd::start();
+    let f = mount_expect_failure(
+        &[
+            "-p",
+            &sshd.port.to_string(),
+            "-o",
+            &format!(
+                "IdentityFile={},passphrase=wrong-phrase,StrictHostKeyChecking=no,\
+                 UserKnownHostsFile=/dev/null",
+                sshd.encrypted_key.display()
+            ),
+        ],
+        &sshd.remote(""),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        !f.status.success() && !f.mounted,
+        "a wrong passphrase must not mount"
+    );
+    assert!(
+        f.stderr.contains(&sshd.encrypted_key.display().to_string()),
+        "the message must name the key file: {}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.to_lowercase().contains("passphrase"),
+        "the message must point at the passphrase: {}",
+        f.stderr
+    );
+    assert!(
+        !f.stderr.contains("wrong-phrase"),
+        "never print the passphrase"
+    );
+}
+
+#[test]
+fn no_path_means_the_login_home() {
+    let sshd = Sshd::start();
+    let (uid, gid) = test_user_ids();
+    let home = std::path::PathBuf::from(
+        run(std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("getent passwd {TEST_USER} | cut -d: -f6")))
+        .trim(),
+    );
+    let marker = format!("marker-{}", sshd.port);
+    fs::write(home.join(&marker), b"home").unwrap();
+    std::os::unix::fs::chown(home.join(&marker), Some(uid), Some(gid)).unwrap();
+    let m = Mount::with_stdin(
+        sshd.port,
+        &format!("{TEST_USER}@127.0.0.1"),
+        &format!(
+            "password_stdin,StrictHostKeyChecking=no,UserKnownHostsFile={}",
+            sshd.dir.path().join("known_hosts").display()
+        ),
+        Some(&format!("{TEST_PASSWORD}\n")),
+    );
+    let got = fs::read(m.path(&marker));
+    drop(m);
+    let _ = fs::remove_file(home.join(&marker));
+    assert_eq!(
+        got.expect("a file in the login's home via user@host without a path"),
+        b"home"
+    );
+}

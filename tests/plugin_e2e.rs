@@ -14,8 +14,8 @@ use std::thread;
 use std::time::Duration;
 
 use e2e::{
-    assert_mentions, assert_not_mentions, docker, fuse_mounts_under, run_cmd_env, setup,
-    wait_until, Kind, DOCKER_TIMEOUT,
+    DOCKER_TIMEOUT, Kind, assert_mentions, assert_not_mentions, docker, fuse_mounts_under,
+    run_cmd_env, setup, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -30,7 +30,10 @@ fn write_then_read_from_second_container() {
     let (vol, dir) = ctx.password_volume("rw");
     ctx.run_ok(vol.as_str(), &[], "echo hello > /data/world");
     let read = ctx.run_ok(vol.as_str(), &[], "cat /data/world");
-    assert_eq!(read, "hello\n", "second container reads what the first wrote");
+    assert_eq!(
+        read, "hello\n",
+        "second container reads what the first wrote"
+    );
     ctx.assert_server_file(&dir, "world", "hello\n");
 
     // Subdirectories, rename over an existing file, removal.
@@ -45,9 +48,13 @@ fn write_then_read_from_second_container() {
         "rm in the container removes the file on the server"
     );
     // Docker's own view of the volume.
-    let inspect = docker(&["volume", "inspect", "-f", "{{.Driver}}", vol.as_str()])
-        .ok("volume inspect");
-    assert_mentions(&inspect.stdout, ctx.cfg.plugin.trim_end_matches(":latest"), "volume driver");
+    let inspect =
+        docker(&["volume", "inspect", "-f", "{{.Driver}}", vol.as_str()]).ok("volume inspect");
+    assert_mentions(
+        &inspect.stdout,
+        ctx.cfg.plugin.trim_end_matches(":latest"),
+        "volume driver",
+    );
 }
 
 /// vieux's CI scenario: allow_other, and a container running as nobody writes and reads.
@@ -61,7 +68,11 @@ fn allow_other_with_user_nobody() {
     opts.push("allow_other".into());
     let vol = ctx.volume("allowother", &opts);
     ctx.run_ok(vol.as_str(), &["-u", "nobody"], "echo hello > /data/world");
-    let read = ctx.run_ok(vol.as_str(), &["-u", "nobody"], "grep -Fx hello /data/world");
+    let read = ctx.run_ok(
+        vol.as_str(),
+        &["-u", "nobody"],
+        "grep -Fx hello /data/world",
+    );
     assert_eq!(read, "hello\n");
     ctx.assert_server_file(&dir, "world", "hello\n");
 }
@@ -78,7 +89,11 @@ fn extra_ssh_options_ciphers_compression() {
     opts.push("Compression=no".into());
     let vol = ctx.volume("sshopts", &opts);
     ctx.run_ok(vol.as_str(), &[], "seq 1 20000 > /data/numbers");
-    let out = ctx.run_ok(vol.as_str(), &[], "wc -l < /data/numbers; tail -n 1 /data/numbers");
+    let out = ctx.run_ok(
+        vol.as_str(),
+        &[],
+        "wc -l < /data/numbers; tail -n 1 /data/numbers",
+    );
     assert_eq!(out, "20000\n20000\n");
     let server = ctx.server_file(&dir, "numbers").expect("file on server");
     assert_eq!(server.lines().count(), 20000);
@@ -118,7 +133,8 @@ fn docker_cp_into_running_container() {
     };
     let (vol, dir) = ctx.password_volume("cp");
     let c = ctx.start(vol.as_str());
-    c.exec("echo before > /data/before").ok("write before docker cp");
+    c.exec("echo before > /data/before")
+        .ok("write before docker cp");
 
     let local = std::env::temp_dir().join(format!("{}.txt", ctx.unique("cpsrc")));
     fs::write(&local, "copied in\n").unwrap();
@@ -148,7 +164,8 @@ fn docker_cp_into_running_container() {
     .ok("docker cp out of the volume");
     assert_eq!(fs::read_to_string(&out_file).unwrap(), "after\n");
     let _ = fs::remove_file(&out_file);
-    c.exec("cat /data/after").ok("still mounted after docker cp out");
+    c.exec("cat /data/after")
+        .ok("still mounted after docker cp out");
 
     // When the container is gone, counts are back to zero: the volume can be removed.
     drop(c);
@@ -184,7 +201,12 @@ fn twenty_containers_in_parallel() {
         .filter(|(_, r)| !r.success())
         .map(|(i, r)| format!("container {i}: {:?}\n{}", r.code, r.stderr.trim()))
         .collect();
-    assert!(failed.is_empty(), "{} of 20 containers failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} of 20 containers failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     for i in 0..20 {
         ctx.assert_server_file(&dir, &format!("c{i}"), &format!("{i}\n"));
     }
@@ -202,7 +224,11 @@ fn volume_rm_keeps_remote_files() {
         return;
     };
     let (vol, dir) = ctx.password_volume("rmkeep");
-    ctx.run_ok(vol.as_str(), &[], "mkdir /data/sub && echo keep > /data/sub/me && echo top > /data/top");
+    ctx.run_ok(
+        vol.as_str(),
+        &[],
+        "mkdir /data/sub && echo keep > /data/sub/me && echo top > /data/top",
+    );
     docker(&["volume", "rm", vol.as_str()]).ok("docker volume rm");
     let ls = docker(&["volume", "ls", "-q"]).ok("volume ls");
     assert!(
@@ -283,7 +309,10 @@ fn error_bad_port() {
     for bad in ["70000", "0", "ssh"] {
         let name = ctx.unique("e2");
         let _guard = e2e::Volume { name: name.clone() };
-        let opts = vec![format!("sshcmd={}", ctx.sshcmd(&dir.remote)), format!("port={bad}")];
+        let opts = vec![
+            format!("sshcmd={}", ctx.sshcmd(&dir.remote)),
+            format!("port={bad}"),
+        ];
         let out = ctx
             .try_create_volume(&name, &opts)
             .fails(&format!("volume create with port={bad}"));
@@ -305,10 +334,16 @@ fn error_unknown_option_lists_supported() {
     let _guard = e2e::Volume { name: name.clone() };
     let mut opts = ctx.password_opts(&dir);
     opts.push("no_such_option=1".into());
-    let out = ctx.try_create_volume(&name, &opts).fails("volume create with an unknown option");
+    let out = ctx
+        .try_create_volume(&name, &opts)
+        .fails("volume create with an unknown option");
     let msg = without(&out.stderr, &name);
     assert_mentions(&msg, "no_such_option", "unknown option");
-    assert_mentions(&msg, "IdentityFile", "unknown option error lists the supported ones");
+    assert_mentions(
+        &msg,
+        "IdentityFile",
+        "unknown option error lists the supported ones",
+    );
 }
 
 /// A wrong password fails the mount with a message about authentication, never the password.
@@ -326,8 +361,14 @@ fn error_wrong_password() {
     ];
     // Create does not need the server; the mount fails.
     let vol = ctx.volume("e4", &opts);
-    let out = ctx.run(vol.as_str(), &[], "true").fails("mount with a wrong password");
-    assert_mentions(&without(&out.stderr, &vol.name), "authentication", "wrong password");
+    let out = ctx
+        .run(vol.as_str(), &[], "true")
+        .fails("mount with a wrong password");
+    assert_mentions(
+        &without(&out.stderr, &vol.name),
+        "authentication",
+        "wrong password",
+    );
     assert_not_mentions(&out.text(), wrong, "wrong password");
     assert_not_mentions(&out.text(), "Connection reset by peer", "wrong password");
     // A failed mount leaves no count behind: the volume can be removed.
@@ -348,7 +389,9 @@ fn error_missing_remote_path() {
         format!("port={}", ctx.cfg.port),
     ];
     let vol = ctx.volume("e5", &opts);
-    let out = ctx.run(vol.as_str(), &[], "true").fails("mount of a missing remote path");
+    let out = ctx
+        .run(vol.as_str(), &[], "true")
+        .fails("mount of a missing remote path");
     assert_mentions(&out.stderr, &missing, "missing remote path");
     assert_not_mentions(&out.text(), &ctx.cfg.password, "missing remote path");
     docker(&["volume", "rm", vol.as_str()]).ok("volume rm after a failed mount");
@@ -369,8 +412,12 @@ fn no_fuse_mount_left_after_last_container() {
     };
     let root = ctx.propagated_mount_root();
     let before: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
-    let new_mounts =
-        || -> Vec<String> { fuse_mounts_under(&root).into_iter().filter(|m| !before.contains(m)).collect() };
+    let new_mounts = || -> Vec<String> {
+        fuse_mounts_under(&root)
+            .into_iter()
+            .filter(|m| !before.contains(m))
+            .collect()
+    };
 
     let (vol, _dir) = ctx.password_volume("leak");
     let a = ctx.start(vol.as_str());
@@ -383,7 +430,11 @@ fn no_fuse_mount_left_after_last_container() {
         root.display()
     );
     docker(&["rm", "-f", a.name.as_str()]).ok("remove first container");
-    assert_eq!(new_mounts(), mounted, "mount stays while a container still uses the volume");
+    assert_eq!(
+        new_mounts(),
+        mounted,
+        "mount stays while a container still uses the volume"
+    );
     b.exec("ls /data").ok("second container still reads");
     docker(&["rm", "-f", b.name.as_str()]).ok("remove last container");
     assert!(
@@ -422,9 +473,18 @@ fn disable_enable_keeps_volumes() {
     docker(&["plugin", "disable", "-f", ctx.cfg.plugin.as_str()]).ok("plugin disable -f");
     docker(&["plugin", "enable", ctx.cfg.plugin.as_str()]).ok("plugin enable");
 
-    let ls = docker(&["volume", "ls", "-q", "--filter", &format!("name={}", vol.name)])
-        .ok("volume ls after enable");
-    assert!(ls.stdout.lines().any(|l| l == vol.as_str()), "volume listed after disable/enable");
+    let ls = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={}", vol.name),
+    ])
+    .ok("volume ls after enable");
+    assert!(
+        ls.stdout.lines().any(|l| l == vol.as_str()),
+        "volume listed after disable/enable"
+    );
     docker(&["volume", "inspect", vol.as_str()]).ok("volume inspect after disable/enable");
     let out = ctx.run_ok(vol.as_str(), &[], "cat /data/f && echo after > /data/g");
     assert_eq!(out, "before\n");
@@ -455,7 +515,10 @@ fn state_source_changed() {
         state.display()
     );
     let leaks = world_readable(&state);
-    assert!(leaks.is_empty(), "state files readable by other users: {leaks:?}");
+    assert!(
+        leaks.is_empty(),
+        "state files readable by other users: {leaks:?}"
+    );
 
     docker(&["plugin", "disable", "-f", ctx.cfg.plugin.as_str()]).ok("disable");
     docker(&["plugin", "enable", ctx.cfg.plugin.as_str()]).ok("enable");
@@ -497,7 +560,9 @@ fn key_auth_via_sshkey_source() {
             "IdentityFile=/root/.ssh/no_such_key".to_string(),
         ],
     );
-    let out = ctx.run(missing.as_str(), &[], "true").fails("mount with a missing key file");
+    let out = ctx
+        .run(missing.as_str(), &[], "true")
+        .fails("mount with a missing key file");
     assert_mentions(&out.stderr, "no_such_key", "missing IdentityFile");
     drop(missing);
     drop(vol);
@@ -516,7 +581,9 @@ fn compose_driver_opts() {
     let dir = ctx.remote_dir("compose");
     let project = ctx.unique("compose");
     let volume = ctx.unique("composevol");
-    let _vol_guard = e2e::Volume { name: volume.clone() };
+    let _vol_guard = e2e::Volume {
+        name: volume.clone(),
+    };
     let port = ctx.cfg.port.to_string();
     let envs = [
         ("E2E_VOLUME", volume.as_str()),
@@ -546,11 +613,18 @@ fn compose_driver_opts() {
     ctx.assert_server_file(&dir, "compose.txt", "written by compose\n");
     let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume.as_str()])
         .ok("inspect the compose volume");
-    assert_mentions(&driver.stdout, ctx.cfg.plugin.trim_end_matches(":latest"), "compose volume driver");
+    assert_mentions(
+        &driver.stdout,
+        ctx.cfg.plugin.trim_end_matches(":latest"),
+        "compose volume driver",
+    );
 
     compose(&["down", "-v", "--timeout", "1"]).ok("docker-compose down -v");
     let ls = docker(&["volume", "ls", "-q"]).ok("volume ls");
-    assert!(!ls.stdout.lines().any(|l| l == volume), "down -v removed the volume");
+    assert!(
+        !ls.stdout.lines().any(|l| l == volume),
+        "down -v removed the volume"
+    );
     ctx.assert_server_file(&dir, "compose.txt", "written by compose\n");
 }
 
@@ -593,7 +667,10 @@ fn swarm_service_with_volume_driver() {
         ])
         .ok("docker swarm init on loopback");
     } else {
-        eprintln!("swarm already {}: using it, not leaving it", state.stdout.trim());
+        eprintln!(
+            "swarm already {}: using it, not leaving it",
+            state.stdout.trim()
+        );
     }
 
     let dir = ctx.remote_dir("swarm");
@@ -605,15 +682,22 @@ fn swarm_service_with_volume_driver() {
             let _ = docker(&["service", "rm", self.0.as_str()]);
             // Task containers go away asynchronously; the volume is in use until they do.
             wait_until(Duration::from_secs(30), || {
-                docker(&["ps", "-aq", "--filter", &format!("label=com.docker.swarm.service.name={}", self.0)])
-                    .stdout
-                    .trim()
-                    .is_empty()
+                docker(&[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=com.docker.swarm.service.name={}", self.0),
+                ])
+                .stdout
+                .trim()
+                .is_empty()
             });
         }
     }
     // Declared before the service guard, so the volume is removed after the service.
-    let _vol_guard = e2e::Volume { name: volume.clone() };
+    let _vol_guard = e2e::Volume {
+        name: volume.clone(),
+    };
     let _svc_guard = Service(service.clone());
     let mount = format!(
         "type=volume,source={volume},target=/data,volume-driver={},volume-opt=sshcmd={},volume-opt=password={},volume-opt=port={}",
@@ -655,7 +739,11 @@ fn swarm_service_with_volume_driver() {
     }
     let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume.as_str()])
         .ok("inspect the service's volume");
-    assert_mentions(&driver.stdout, ctx.cfg.plugin.trim_end_matches(":latest"), "service volume driver");
+    assert_mentions(
+        &driver.stdout,
+        ctx.cfg.plugin.trim_end_matches(":latest"),
+        "service volume driver",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,7 +775,9 @@ fn world_readable(root: &Path) -> Vec<String> {
         let Ok(rd) = fs::read_dir(dir) else { return };
         for e in rd.flatten() {
             let p = e.path();
-            let Ok(md) = fs::symlink_metadata(&p) else { continue };
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
             let mode = md.permissions().mode();
             if md.is_dir() {
                 if mode & 0o001 != 0 {

@@ -2,9 +2,14 @@
 //! failure is reported by the next write, flush, fsync or release) and adaptive read-ahead
 //! (sequential readers get the following chunks fetched in parallel before they ask).
 //!
+//! Metadata changes (chmod, utimes) to a file that is open are deferred the same way and sent
+//! as one fsetstat once its queued writes are done (so an explicit mtime is not overwritten by
+//! a late write): `tar` and `cp -p` set times and mode on every file before closing it.
+//!
 //! Consistency rules: anything that reads file content or size from the server first waits
-//! until the inode's queued writes are done (`InodeIo::drain`), and every write or truncate
-//! bumps the inode's generation so prefetched data from before it is never served.
+//! until the inode's queued writes are done (`InodeIo::drain`; `settle` also applies deferred
+//! metadata), and every write or truncate bumps the inode's generation so prefetched data from
+//! before it is never served.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
 
-use crate::sftp::{Error, File};
+use crate::sftp::{Error, File, FileAttributes};
 
 /// Read-ahead unit: four pipelined 64 KiB SFTP reads.
 const CHUNK: u64 = 256 * 1024;
@@ -36,6 +41,10 @@ pub struct InodeIo {
     next_id: AtomicU64,
     /// Bumped whenever the content changes through us.
     generation: AtomicU64,
+    /// Mode and times set while the file is open, not yet sent, and a handle to send them with.
+    deferred: Mutex<Option<(FileAttributes, Arc<File>)>>,
+    /// A failure of deferred work found outside flush (e.g. by a getattr), for the next flush.
+    error: Mutex<Option<Error>>,
 }
 
 impl Default for InodeIo {
@@ -45,6 +54,8 @@ impl Default for InodeIo {
             ranges: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            deferred: Mutex::new(None),
+            error: Mutex::new(None),
         }
     }
 }
@@ -59,8 +70,38 @@ impl InodeIo {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
+    /// Waits for queued writes, then sends deferred metadata.
+    pub async fn settle(&self) -> Result<(), Error> {
+        self.drain().await;
+        let deferred = self.deferred.lock().unwrap().take();
+        if let Some((attrs, file)) = deferred {
+            file.fsetstat(attrs).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a mode and/or times change, merged with any already queued.
+    pub fn defer(&self, set: FileAttributes, file: Arc<File>) {
+        let mut d = self.deferred.lock().unwrap();
+        let (attrs, _) = d.get_or_insert_with(|| (FileAttributes::default(), file));
+        if set.permissions.is_some() {
+            attrs.permissions = set.permissions;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            attrs.atime = set.atime;
+            attrs.mtime = set.mtime;
+        }
+    }
+
+    pub fn keep_error(&self, e: Error) {
+        let mut slot = self.error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
     pub fn has_pending(&self) -> bool {
-        *self.inflight.borrow() != 0
+        *self.inflight.borrow() != 0 || self.deferred.lock().unwrap().is_some()
     }
 
     /// Content changed (or is about to): prefetched data is stale.
@@ -72,6 +113,8 @@ impl InodeIo {
 type ChunkFuture = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, Error>>>;
 
 struct Chunk {
+    /// Bytes asked for: fewer back means end of file.
+    len: u64,
     data: ChunkFuture,
     abort: AbortHandle,
 }
@@ -155,6 +198,10 @@ impl OpenFile {
         if let Some(e) = self.take_error() {
             return Err(e);
         }
+        // A write after a deferred utimes must land after it (the write sets mtime to now).
+        if self.io.deferred.lock().unwrap().is_some() {
+            self.io.settle().await?;
+        }
         let len = data.len() as u64;
         let permits = budget
             .clone()
@@ -201,30 +248,46 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Waits for this inode's queued writes and returns (once) any failure among this
-    /// handle's.
+    /// Waits for this inode's queued writes and deferred metadata and returns (once) any
+    /// failure among this handle's.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.io.drain().await;
-        match self.take_error() {
-            Some(e) => Err(e),
-            None => Ok(()),
+        let settled = self.io.settle().await;
+        if let Some(e) = self.take_error() {
+            return Err(e);
         }
+        if let Some(e) = self.io.error.lock().unwrap().take() {
+            return Err(e);
+        }
+        settled
     }
 
+    /// Reads for the kernel. `known_size` is the size we last reported: the kernel does not
+    /// ask beyond it (rounded up to a page), and asking the server for exactly the bytes that
+    /// exist saves the extra round trip a short answer costs (the SFTP layer would ask again
+    /// for the missing tail to tell a short read from end of file).
     pub async fn read(
         self: &Arc<Self>,
         rt: &Handle,
         offset: u64,
         size: u32,
+        known_size: Option<u64>,
     ) -> Result<Vec<u8>, Error> {
         self.io.drain().await;
+        if let Some(k) = known_size {
+            self.size_hint.store(k, Ordering::Relaxed);
+        }
         let size64 = u64::from(size);
-        let chunks = self.plan(rt, offset, size64);
+        // Past the size we know, the file may have grown: ask for everything requested.
+        let want = match known_size {
+            Some(k) if offset < k && offset + size64 > k => k - offset,
+            _ => size64,
+        };
+        let chunks = self.plan(rt, offset, want);
         if let Some(chunks) = chunks {
-            let mut out = Vec::with_capacity(size as usize);
-            let end = offset + size64;
+            let mut out = Vec::with_capacity(want as usize);
+            let end = offset + want;
             let mut complete = true;
-            for (start, fut) in chunks {
+            for (start, len, fut) in chunks {
                 match fut.await {
                     Ok(data) => {
                         let from = offset.max(start) - start;
@@ -232,7 +295,7 @@ impl OpenFile {
                         if from < to {
                             out.extend_from_slice(&data[from as usize..to as usize]);
                         }
-                        if (data.len() as u64) < CHUNK {
+                        if (data.len() as u64) < len {
                             // The chunk met the end of the file as it was then.
                             break;
                         }
@@ -245,11 +308,11 @@ impl OpenFile {
             }
             // A short answer from read-ahead may be stale (the file may have grown since the
             // chunk was fetched), and a failed chunk may be transient: ask directly instead.
-            if complete && out.len() == size as usize {
+            if complete && out.len() as u64 == want {
                 return Ok(out);
             }
         }
-        let data = self.file.read(offset, size).await?;
+        let data = self.file.read(offset, want as u32).await?;
         self.size_hint
             .fetch_max(offset + data.len() as u64, Ordering::Relaxed);
         Ok(data)
@@ -258,7 +321,7 @@ impl OpenFile {
     /// Updates the access-pattern detector; for sequential access, makes sure the chunks
     /// covering this read and the window ahead are being fetched, and returns those covering
     /// this read. `None` means read directly.
-    fn plan(&self, rt: &Handle, offset: u64, size: u64) -> Option<Vec<(u64, ChunkFuture)>> {
+    fn plan(&self, rt: &Handle, offset: u64, size: u64) -> Option<Vec<(u64, u64, ChunkFuture)>> {
         let generation = self.io.generation.load(Ordering::SeqCst);
         let mut ra = self.ra.lock().unwrap();
         if ra.generation != generation {
@@ -299,8 +362,15 @@ impl OpenFile {
         while start < want_end {
             if let std::collections::btree_map::Entry::Vacant(slot) = ra.chunks.entry(start) {
                 let file = Arc::clone(&self.file);
+                // Up to the known end only (see `read`); the chunks this read needs are
+                // fetched whole even past it.
+                let len = if start + CHUNK > hint && hint > start {
+                    hint - start
+                } else {
+                    CHUNK
+                };
                 let task =
-                    rt.spawn(async move { file.read(start, CHUNK as u32).await.map(Arc::new) });
+                    rt.spawn(async move { file.read(start, len as u32).await.map(Arc::new) });
                 let abort = task.abort_handle();
                 let data = async move {
                     task.await
@@ -308,7 +378,7 @@ impl OpenFile {
                 }
                 .boxed()
                 .shared();
-                slot.insert(Chunk { data, abort });
+                slot.insert(Chunk { len, data, abort });
             }
             start += CHUNK;
         }
@@ -316,7 +386,7 @@ impl OpenFile {
         Some(
             ra.chunks
                 .range(first..end)
-                .map(|(k, c)| (*k, c.data.clone()))
+                .map(|(k, c)| (*k, c.len, c.data.clone()))
                 .collect(),
         )
     }

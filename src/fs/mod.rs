@@ -190,6 +190,17 @@ impl Inner {
         }
     }
 
+    /// The errno for a failed data write: a bare FAILURE on a full disk becomes ENOSPC.
+    async fn write_errno(&self, e: &Error) -> Errno {
+        if e.is_status(StatusCode::Failure)
+            && let Ok(s) = self.sftp.statvfs(self.sftp.root()).await
+            && s.blocks_avail == 0
+        {
+            return Errno::ENOSPC;
+        }
+        io_errno(e)
+    }
+
     fn caching(&self) -> bool {
         !self.ttl.is_zero()
     }
@@ -239,13 +250,26 @@ impl Inner {
             .map(|(io, _)| Arc::clone(io))
     }
 
-    /// Lets queued writes of `ino` reach the server before its size or content is read.
-    async fn drain(&self, ino: u64) {
+    /// Lets queued writes and deferred metadata of `ino` reach the server before its
+    /// attributes are read from there. A failure is kept for the next flush.
+    async fn settle(&self, ino: u64) {
         if let Some(io) = self.io_of(ino)
             && io.has_pending()
+            && let Err(e) = io.settle().await
         {
-            io.drain().await;
+            io.keep_error(e);
         }
+    }
+
+    /// An open handle of `ino`, to change its attributes through.
+    fn any_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap()
+            .open
+            .values()
+            .find(|of| of.ino == ino)
+            .cloned()
     }
 
     fn register(&self, ino: u64, make: impl FnOnce(Arc<InodeIo>) -> OpenFile) -> u64 {
@@ -328,7 +352,7 @@ impl Inner {
             t.ino_of(&cpath)
         };
         if let Some(ino) = existing {
-            self.drain(ino).await;
+            self.settle(ino).await;
         }
         match self.stat_remote(&cpath).await {
             Ok(a) => Ok(Entry::Found(self.remember(&cpath, a))),
@@ -357,7 +381,6 @@ impl Inner {
     }
 
     async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
-        self.drain(ino).await;
         let path = {
             let t = self.nodes.lock().unwrap();
             let node = t.get(ino).ok_or(Errno::ENOENT)?;
@@ -368,6 +391,7 @@ impl Inner {
             }
             node.path.clone()
         };
+        self.settle(ino).await;
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let a = self.fetch(path.as_deref(), handle.as_ref()).await?;
         if let Some(n) = self.nodes.lock().unwrap().get_mut(ino) {
@@ -402,9 +426,59 @@ impl Inner {
         if path.is_none() && handle.is_none() {
             return Err(Errno::ENOENT);
         }
+        // A chown to the owner it already has (tar and cp -p do this for every file) is a
+        // no-op; the same goes for half of a pair where the other half is not asked for.
+        let (mut uid, mut gid) = (uid, gid);
+        if base_fresh && let Some(b) = &base {
+            if uid.or(b.uid) == b.uid && gid.or(b.gid) == b.gid {
+                uid = None;
+                gid = None;
+            }
+            if mode.is_none()
+                && size.is_none()
+                && atime.is_none()
+                && mtime.is_none()
+                && uid.is_none()
+            {
+                let b = b.clone();
+                return Ok(self.file_attr(ino, &b));
+            }
+        }
+        let io = self.io_of(ino);
+        // Mode and times of an open file (with what we know of it) are sent later, together
+        // and after its queued writes.
+        let deferrable = size.is_none() && uid.is_none() && gid.is_none() && self.caching();
+        if deferrable
+            && let (Some(io), Some(base)) = (&io, &base)
+            && let Some(of) = self.any_handle(ino)
+        {
+            let mut set = FileAttributes {
+                permissions: mode.map(|m| m & 0o7777),
+                ..Default::default()
+            };
+            if atime.is_some() || mtime.is_some() {
+                set.atime = atime.map(resolve_time).or(base.atime);
+                set.mtime = mtime.map(resolve_time).or(base.mtime);
+            }
+            io.defer(set.clone(), Arc::clone(&of.file));
+            let mut a = base.clone();
+            if let Some(p) = set.permissions {
+                a.permissions = Some((attr::mode_of(base) & S_IFMT) | p);
+            }
+            if set.atime.is_some() {
+                a.atime = set.atime;
+                a.mtime = set.mtime;
+            }
+            if let Some(n) = self.nodes.lock().unwrap().get_mut(ino) {
+                n.attrs = Some(a.clone());
+                n.fresh_until = self.fresh_until();
+                n.ctime_floor = Some(SystemTime::now());
+            }
+            return Ok(self.file_attr(ino, &a));
+        }
         // Queued writes must not land after a truncate or overwrite the mtime we set.
-        if let Some(io) = self.io_of(ino) {
-            io.drain().await;
+        if let Some(io) = &io {
+            io.settle().await.map_err(|e| errno(&e))?;
             if size.is_some() {
                 io.invalidate();
             }
@@ -814,7 +888,7 @@ impl Inner {
         let sflags = Self::sftp_flags(flags);
         let truncate = sflags.contains(OpenFlags::TRUNCATE);
         if truncate && let Some(io) = self.io_of(ino) {
-            io.drain().await;
+            io.settle().await.map_err(|e| errno(&e))?;
             io.invalidate();
         }
         let f = self
@@ -1301,7 +1375,7 @@ impl Filesystem for SshFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -1314,7 +1388,13 @@ impl Filesystem for SshFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(move |fs| async move {
-            match of.read(&fs.rt, offset, size).await {
+            let known = fs
+                .nodes
+                .lock()
+                .unwrap()
+                .get(ino.0)
+                .and_then(|n| n.attrs.as_ref()?.size);
+            match of.read(&fs.rt, offset, size, known).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(io_errno(&e)),
             }
@@ -1350,7 +1430,7 @@ impl Filesystem for SshFs {
                     }
                     reply.written(len as u32);
                 }
-                Err(e) => reply.error(io_errno(&e)),
+                Err(e) => reply.error(fs.write_errno(&e).await),
             }
         });
     }
@@ -1367,10 +1447,10 @@ impl Filesystem for SshFs {
             Ok(of) => of,
             Err(e) => return reply.error(e),
         };
-        self.spawn(move |_| async move {
+        self.spawn(move |fs| async move {
             match of.flush().await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(io_errno(&e)),
+                Err(e) => reply.error(fs.write_errno(&e).await),
             }
         });
     }
@@ -1405,9 +1485,9 @@ impl Filesystem for SshFs {
             Ok(of) => of,
             Err(e) => return reply.error(e),
         };
-        self.spawn(move |_| async move {
+        self.spawn(move |fs| async move {
             if let Err(e) = of.flush().await {
-                return reply.error(io_errno(&e));
+                return reply.error(fs.write_errno(&e).await);
             }
             match of.file.fsync().await {
                 Ok(()) => reply.ok(),

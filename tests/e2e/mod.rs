@@ -129,7 +129,10 @@ impl Out {
     #[track_caller]
     pub fn fails(self, what: &str) -> Out {
         if self.timed_out {
-            panic!("{what}: expected a clear failure, but it hung: {}", self.describe());
+            panic!(
+                "{what}: expected a clear failure, but it hung: {}",
+                self.describe()
+            );
         }
         if self.success() {
             panic!("{what}: expected the command to fail: {}", self.describe());
@@ -398,7 +401,10 @@ impl Ctx {
     #[track_caller]
     pub fn run_ok(&self, vol: &str, extra: &[&str], script: &str) -> String {
         self.run(vol, extra, script)
-            .ok(&format!("{}: container on {vol} running `{script}`", self.name))
+            .ok(&format!(
+                "{}: container on {vol} running `{script}`",
+                self.name
+            ))
             .stdout
     }
 
@@ -421,7 +427,10 @@ impl Ctx {
             "sleep",
             "3600",
         ])
-        .ok(&format!("{}: starting a background container on {vol}", self.name));
+        .ok(&format!(
+            "{}: starting a background container on {vol}",
+            self.name
+        ));
         guard
     }
 
@@ -445,11 +454,17 @@ impl Ctx {
 
     /// The host directory under which the plugin's mounts appear.
     pub fn propagated_mount_root(&self) -> PathBuf {
-        let id = docker(&["plugin", "inspect", "-f", "{{.Id}}", self.cfg.plugin.as_str()])
-            .ok("plugin id")
-            .stdout
-            .trim()
-            .to_string();
+        let id = docker(&[
+            "plugin",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            self.cfg.plugin.as_str(),
+        ])
+        .ok("plugin id")
+        .stdout
+        .trim()
+        .to_string();
         let root = docker(&["info", "-f", "{{.DockerRootDir}}"])
             .ok("docker root dir")
             .stdout

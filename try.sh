@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One-command try-out on a fresh Debian machine (as root): starts a Docker engine if none runs
+# (installing docker.io if missing), builds and installs the plugin, starts the local test SSH
+# server from docker-compose.test.yml, creates a volume on it, writes from one container and
+# reads from another. Prints every step and how to clean up.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
+# shellcheck source=tests/docker/env.sh
+source tests/docker/env.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { echo "try.sh: $*" >&2; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "run as root: installing a Docker plugin and mounting FUSE need it"
+
+need_pkgs=()
+command -v dockerd >/dev/null || need_pkgs+=(docker.io)
+command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
+command -v ssh-keygen >/dev/null || need_pkgs+=(openssh-client)
+[[ -x /bin/busybox ]] || need_pkgs+=(busybox-static)
+if ((${#need_pkgs[@]})); then
+    step "installing ${need_pkgs[*]} with apt-get"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${need_pkgs[@]}" build-essential pkg-config cmake
+fi
+command -v cargo >/dev/null || die "no cargo: install a Rust toolchain (https://rustup.rs) first"
+
+if docker info >/dev/null 2>&1; then
+    step "using the running Docker engine ($(docker version -f '{{.Server.Version}}'))"
+else
+    step "starting dockerd (log: /var/log/dockerd-try.log)"
+    nohup dockerd >/var/log/dockerd-try.log 2>&1 &
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || die "dockerd did not start; see /var/log/dockerd-try.log"
+fi
+
+step "building and installing the plugin as $SSHFS_PLUGIN"
+./build-rootfs.sh --install "$SSHFS_PLUGIN"
+
+step "starting the test SSH server on $SSHFS_TEST_HOST:$SSHFS_TEST_PORT (docker-compose.test.yml)"
+tests/docker/sshd.sh up
+
+VOL=sshfs-try
+step "creating volume $VOL (the password goes in a file under sshkey.source in real use)"
+docker volume rm "$VOL" >/dev/null 2>&1 || true
+set -x
+docker volume create -d "$SSHFS_PLUGIN" \
+    -o sshcmd="tester@$SSHFS_TEST_HOST:/data" -o port="$SSHFS_TEST_PORT" \
+    -o password="$SSHFS_TEST_PASSWORD" "$VOL"
+docker run --rm --network none -v "$VOL:/data" "$SSHFS_TEST_BUSYBOX_IMAGE" \
+    sh -c 'echo "hello from container 1 at $(date)" > /data/hello.txt'
+docker run --rm --network none -v "$VOL:/data" "$SSHFS_TEST_BUSYBOX_IMAGE" cat /data/hello.txt
+docker volume inspect "$VOL" --format '{{json .Status}}'
+{ set +x; } 2>/dev/null
+
+step "the same file on the server side: $SSHFS_TEST_DIR/data/hello.txt"
+cat "$SSHFS_TEST_DIR/data/hello.txt"
+
+cat <<EOT
+
+Done. The plugin is installed as $SSHFS_PLUGIN; the test SSH server keeps running.
+Clean up with:
+  docker volume rm $VOL                # forgets the volume; the remote file stays
+  tests/docker/sshd.sh down            # stops the test SSH server
+  docker plugin disable $SSHFS_PLUGIN && docker plugin rm $SSHFS_PLUGIN
+Run the test suite with:
+  tests/run.sh
+EOT
