@@ -294,6 +294,11 @@ fn plugin_killed_with_sigkill_recovers() {
         "the dead FUSE mount was not detached on the host: {:?}",
         ours()
     );
+    let in_plugin = fuse_mounts_of(new);
+    assert!(
+        in_plugin.is_empty(),
+        "FUSE mounts left in the new plugin's namespace: {in_plugin:?}"
+    );
 
     // What the container that was running sees (README: restart it).
     let seen = a.exec("ls /data; echo x > /data/x");

@@ -101,6 +101,19 @@ pub fn wait_plugin_running(ctx: &Ctx, id: &str, not: Option<u32>, timeout: Durat
     found.unwrap()
 }
 
+/// FUSE mount points in the mount namespace of process `pid` (e.g. the plugin's /mnt/volumes/*).
+pub fn fuse_mounts_of(pid: u32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            post.starts_with("fuse")
+                .then(|| pre.split(' ').nth(4).unwrap_or("").to_string())
+        })
+        .collect()
+}
+
 /// Resident memory (KiB), thread count and open fds of a process.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {
