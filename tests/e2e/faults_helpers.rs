@@ -432,11 +432,20 @@ impl Dockerd {
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        // SAFETY: setsid() is async-signal-safe; it detaches dockerd from the test's session
-        // so that a test timeout killing our process group leaves it running.
+        // SAFETY: setsid() and fcntl() are async-signal-safe. setsid detaches dockerd from the
+        // test's session so that a test timeout killing our process group leaves it running.
+        // Every inherited descriptor is closed on exec: dockerd (and its containerd) would
+        // otherwise keep them open for their whole life, e.g. the `flock` lock a test run is
+        // wrapped in, blocking every later run.
         unsafe {
             cmd.pre_exec(|| {
                 libc::setsid();
+                for fd in 3..4096 {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
                 Ok(())
             });
         }
