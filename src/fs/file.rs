@@ -173,8 +173,8 @@ pub struct OpenFile {
     flushed: AtomicBool,
     /// Anything was ever written through this handle.
     written: AtomicBool,
-    /// The whole content, read ahead with the handle before the open (see `fs::Inner::preload`):
-    /// the bytes, the size they cover, and the inode's generation then.
+    /// The whole content, read ahead together with the handle before the open (see
+    /// `PRELOAD_AHEAD` in `fs`), and the inode's generation then.
     preloaded: Mutex<Option<(Arc<Vec<u8>>, u64)>>,
 }
 
