@@ -27,30 +27,6 @@ use e2e::{
 };
 use faults_helpers::*;
 
-/// `docker run -d` of a busybox script with the volume at /data; removed on drop.
-fn start_script(ctx: &e2e::Ctx, vol: &str, script: &str) -> Container {
-    let name = ctx.unique("c");
-    let guard = Container { name: name.clone() };
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        LABEL,
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        &ctx.cfg.image,
-        "sh",
-        "-c",
-        script,
-    ])
-    .ok(&format!("{}: starting a container on {vol}", ctx.name));
-    guard
-}
-
 /// Lines in a server-side file (0 if missing).
 fn server_lines(p: &Path) -> usize {
     fs::read_to_string(p)
@@ -101,7 +77,7 @@ fn writer_carries_on_through_dropped_sessions_and_sshd_restart() {
          exec 3>&- || exit 3
          echo finished"
     );
-    let c = start_script(&ctx, vol.as_str(), &script);
+    let c = ctx.start_cmd(vol.as_str(), &["sh", "-c", &script]);
     let log = dir.host.join("reopened.log");
     let t0 = Instant::now();
 

@@ -427,9 +427,15 @@ impl Ctx {
 
     /// A container left running (`sleep`) with the volume at /data; removed on drop.
     pub fn start(&self, vol: &str) -> Container {
+        self.start_cmd(vol, &["sleep", "3600"])
+    }
+
+    /// `docker run -d` of `cmd` in the test image with the volume at /data; removed on drop.
+    pub fn start_cmd(&self, vol: &str, cmd: &[&str]) -> Container {
         let name = self.unique("bg");
         let guard = Container { name: name.clone() };
-        docker(&[
+        let volume = format!("{vol}:/data");
+        let mut args = vec![
             "run",
             "-d",
             "--name",
@@ -439,12 +445,11 @@ impl Ctx {
             "--network",
             "none",
             "-v",
-            &format!("{vol}:/data"),
+            &volume,
             &self.cfg.image,
-            "sleep",
-            "3600",
-        ])
-        .ok(&format!(
+        ];
+        args.extend_from_slice(cmd);
+        docker(&args).ok(&format!(
             "{}: starting a background container on {vol}",
             self.name
         ));
