@@ -163,31 +163,34 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The mount point column (5th) of mountinfo, with its octal escapes (`\040`) decoded.
+/// The mount point column (5th) of mountinfo, decoded.
 fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
     mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| {
-            let b = field.as_bytes();
-            let mut out = Vec::with_capacity(b.len());
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'\\'
-                    && i + 3 < b.len()
-                    && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
-                {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
-                out.push(b[i]);
-                i += 1;
-            }
-            PathBuf::from(std::ffi::OsString::from_vec(out))
-        })
+        .map(mountinfo_path)
         .collect()
+}
+
+/// A path field of /proc/*/mountinfo with its octal escapes (`\040` for a space) decoded.
+pub fn mountinfo_path(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The `mount` command: mounts in the foreground until SIGINT/SIGTERM or an external umount.

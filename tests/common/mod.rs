@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use docker_volume_sshfs::mount::mountinfo_path;
+
 /// The built command under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_docker-volume-sshfs");
 
@@ -308,28 +310,9 @@ pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
+        .map(mountinfo_path)
         .filter(|p| p.starts_with(dir))
         .collect()
-}
-
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    PathBuf::from(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The filesystem type of the mount exactly at `dir`, if any.
@@ -337,7 +320,7 @@ pub fn mount_fstype(dir: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for l in info.lines() {
         let f: Vec<&str> = l.split(' ').collect();
-        if f.len() > 4 && unescape_mountinfo(f[4]) == dir {
+        if f.len() > 4 && mountinfo_path(f[4]) == dir {
             let sep = f.iter().position(|x| *x == "-")?;
             return f.get(sep + 1).map(|s| s.to_string());
         }

@@ -476,17 +476,7 @@ impl Ctx {
 
     /// The host directory under which the plugin's mounts appear.
     pub fn propagated_mount_root(&self) -> PathBuf {
-        let id = docker(&[
-            "plugin",
-            "inspect",
-            "-f",
-            "{{.Id}}",
-            self.cfg.plugin.as_str(),
-        ])
-        .ok("plugin id")
-        .stdout
-        .trim()
-        .to_string();
+        let id = self.plugin_id();
         let root = docker(&["info", "-f", "{{.DockerRootDir}}"])
             .ok("docker root dir")
             .stdout
