@@ -2,6 +2,7 @@
 //! authentication, keepalives, and SFTP channels on top.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,11 +104,11 @@ impl Connection {
     }
 
     /// Opens a channel running the `sftp` subsystem and completes the SFTP handshake.
-    /// Also says whether the server offers posix-rename@openssh.com.
+    /// Also returns the extensions the server announced (name -> version).
     pub async fn open_sftp(
         &self,
         request_timeout: Duration,
-    ) -> Result<(RawSftpSession, bool), String> {
+    ) -> Result<(RawSftpSession, HashMap<String, String>), String> {
         let channel = self
             .handle
             .channel_open_session()
@@ -125,11 +126,7 @@ impl Connection {
         let version = session.init().await.map_err(|e| {
             format!("the SFTP handshake failed: {e}. Is the sftp subsystem enabled on the server?")
         })?;
-        let posix_rename = version.extensions.contains_key("posix-rename@openssh.com");
-        if !posix_rename {
-            tracing::warn!("server lacks posix-rename@openssh.com; rename over a file may fail");
-        }
-        Ok((session, posix_rename))
+        Ok((session, version.extensions))
     }
 
     pub async fn disconnect(&self) {

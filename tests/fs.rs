@@ -389,6 +389,102 @@ fn set_mtime() {
     );
 }
 
+/// tar's pattern: write, then fchmod and futimens on the same handle, then close. The
+/// metadata is sent right behind writes still in flight and must land after them: the
+/// server's file keeps the explicit mtime, not the time of the last write.
+#[test]
+fn times_and_mode_set_before_close_survive_queued_writes() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    let t = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let data: Vec<u8> = (0..24 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for name in ["one-handle", "two-handles"] {
+        let mut f = File::create(m.path(name)).unwrap();
+        f.write_all(&data).unwrap();
+        // A second handle's writes are on another request stream: the metadata must wait.
+        let other = (name == "two-handles").then(|| {
+            let mut g = OpenOptions::new().write(true).open(m.path(name)).unwrap();
+            g.seek(SeekFrom::End(0)).unwrap();
+            g.write_all(b"tail").unwrap();
+            g
+        });
+        f.set_permissions(fs::Permissions::from_mode(0o640))
+            .unwrap();
+        f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+            .unwrap();
+        drop(f);
+        drop(other);
+        let on_server = sshd.data.join(name);
+        let meta = fs::metadata(&on_server).unwrap();
+        assert_eq!(meta.modified().unwrap(), t, "{name}: server mtime");
+        assert_eq!(meta.mode() & 0o7777, 0o640, "{name}: server mode");
+        let mut want = data.clone();
+        if name == "two-handles" {
+            want.extend_from_slice(b"tail");
+        }
+        assert!(
+            fs::read(&on_server).unwrap() == want,
+            "{name}: server content"
+        );
+        assert_eq!(fs::metadata(m.path(name)).unwrap().modified().unwrap(), t);
+    }
+}
+
+/// `tar -x` through the mount restores every file's content, mode and mtime.
+#[test]
+fn untar_restores_content_modes_and_times() {
+    let sshd = Sshd::start();
+    let m = Mount::root(&sshd, "", "");
+    let scratch = TempDir::new("tar");
+    let src = scratch.path().join("tree");
+    for i in 0..60u64 {
+        let dir = src.join(format!("d{}", i % 6));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(format!("f{i}"));
+        let len = (i * i * 997) % (300 * 1024) as u64;
+        fs::write(&f, (0..len).map(|b| (b * 7 + i) as u8).collect::<Vec<u8>>()).unwrap();
+        fs::set_permissions(
+            &f,
+            fs::Permissions::from_mode(0o600 + (i % 2) as u32 * 0o155),
+        )
+        .unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_400_000_000 + i * 3600);
+        File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+            .unwrap();
+    }
+    let tarball = scratch.path().join("tree.tar");
+    run(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(scratch.path())
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("tree"));
+    run(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(m.path(""))
+        .arg("-xpf")
+        .arg(&tarball));
+    for i in 0..60u64 {
+        let rel = format!("d{}/f{i}", i % 6);
+        let (a, b) = (src.join(&rel), sshd.data.join("tree").join(&rel));
+        let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+        assert_eq!(
+            mb.modified().unwrap(),
+            ma.modified().unwrap(),
+            "{rel}: mtime"
+        );
+        assert_eq!(mb.mode() & 0o7777, ma.mode() & 0o7777, "{rel}: mode");
+        assert!(
+            fs::read(&a).unwrap() == fs::read(&b).unwrap(),
+            "{rel}: content"
+        );
+    }
+}
+
 #[test]
 fn statfs_reports_server_disk() {
     let sshd = Sshd::start();

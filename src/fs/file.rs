@@ -3,8 +3,10 @@
 //! (sequential readers get the following chunks fetched in parallel before they ask).
 //!
 //! Metadata changes (chmod, utimes) to a file that is open are deferred the same way and sent
-//! as one fsetstat once its queued writes are done (so an explicit mtime is not overwritten by
-//! a late write): `tar` and `cp -p` set times and mode on every file before closing it.
+//! as one fsetstat behind its queued writes (so an explicit mtime is not overwritten by a late
+//! write): `tar` and `cp -p` set times and mode on every file before closing it. When those
+//! writes are already on the wire on the same handle, the fsetstat follows them at once
+//! instead of a round trip later: sftp-server handles one channel's requests in order.
 //!
 //! Consistency rules: anything that reads file content or size from the server first waits
 //! until the inode's queued writes are done (`InodeIo::drain`; `settle` also applies deferred
@@ -12,9 +14,10 @@
 //! before it is never served.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::runtime::Handle;
@@ -23,8 +26,9 @@ use tokio::task::AbortHandle;
 
 use crate::sftp::{Error, File, FileAttributes};
 
-/// Read-ahead unit: four pipelined 64 KiB SFTP reads.
-const CHUNK: u64 = 256 * 1024;
+/// Read-ahead unit: one SFTP read where the server takes 128 KiB (two elsewhere), and the
+/// size of the kernel's read requests, so a request is answered from one chunk without a copy.
+const CHUNK: u64 = 128 * 1024;
 /// The most bytes one sequential reader keeps in flight ahead of itself: enough to fill a
 /// 100 MB/s link at 50 ms round trip.
 const MAX_WINDOW: u64 = 8 * 1024 * 1024;
@@ -36,8 +40,14 @@ pub const WRITE_BEHIND_BYTES: usize = 32 * 1024 * 1024;
 /// I/O state shared by all open handles of one inode.
 pub struct InodeIo {
     inflight: watch::Sender<usize>,
-    /// Byte ranges of writes in flight, so an overlapping write waits instead of racing.
-    ranges: Mutex<Vec<(u64, u64, u64)>>,
+    /// Writes in flight: id, byte range (an overlapping write waits instead of racing) and the
+    /// handle it goes through (`handle_id`).
+    ranges: Mutex<Vec<(u64, u64, u64, usize)>>,
+    /// Writes in flight that may not be on the wire yet (the connection was down when they
+    /// were queued).
+    unsent: AtomicUsize,
+    /// One settle at a time, so a second waits for the fsetstat the first is sending.
+    settling: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     /// Bumped whenever the content changes through us.
     generation: AtomicU64,
@@ -53,11 +63,18 @@ pub struct InodeIo {
     end: Mutex<Option<u64>>,
 }
 
+/// Tells handles apart for `InodeIo::ranges`.
+fn handle_id(file: &Arc<File>) -> usize {
+    Arc::as_ptr(file) as usize
+}
+
 impl Default for InodeIo {
     fn default() -> Self {
         InodeIo {
             inflight: watch::Sender::new(0),
             ranges: Mutex::new(Vec::new()),
+            unsent: AtomicUsize::new(0),
+            settling: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             deferred: Mutex::new(None),
@@ -77,14 +94,38 @@ impl InodeIo {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    /// Waits for queued writes, then sends deferred metadata.
+    /// Waits for queued writes and sends deferred metadata.
     pub async fn settle(&self) -> Result<(), Error> {
-        self.drain().await;
+        let _one = self.settling.lock().await;
         let deferred = self.deferred.lock().unwrap().take();
-        if let Some((attrs, file)) = deferred {
-            file.fsetstat(attrs).await?;
+        let Some((attrs, file)) = deferred else {
+            self.drain().await;
+            return Ok(());
+        };
+        if self.writes_sent_on(&file) {
+            let generation = file.generation();
+            let (_, set) = tokio::join!(self.drain(), file.fsetstat(attrs.clone()));
+            if file.generation() == generation {
+                return set;
+            }
+            // A reconnect in between: a write may have been resent after the fsetstat.
+        } else {
+            self.drain().await;
         }
-        Ok(())
+        file.fsetstat(attrs).await
+    }
+
+    /// Whether every write in flight is already on the wire through `file`'s handle, so a
+    /// request sent on it now is handled after them.
+    fn writes_sent_on(&self, file: &Arc<File>) -> bool {
+        self.unsent.load(Ordering::SeqCst) == 0
+            && file.sends_now()
+            && self
+                .ranges
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|r| r.3 == handle_id(file))
     }
 
     /// Queues a mode and/or times change, merged with any already queued.
@@ -129,7 +170,7 @@ impl InodeIo {
     }
 }
 
-type ChunkFuture = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, Error>>>;
+type ChunkFuture = Shared<BoxFuture<'static, Result<Bytes, Error>>>;
 
 struct Chunk {
     /// Bytes asked for: fewer back means end of file.
@@ -266,9 +307,9 @@ impl OpenFile {
                 let mut ranges = self.io.ranges.lock().unwrap();
                 let overlaps = ranges
                     .iter()
-                    .any(|&(_, s, e)| s < offset + len && offset < e);
+                    .any(|&(_, s, e, _)| s < offset + len && offset < e);
                 if !overlaps {
-                    ranges.push((id, offset, offset + len));
+                    ranges.push((id, offset, offset + len, handle_id(&self.file)));
                     self.io.inflight.send_modify(|n| *n += 1);
                     break;
                 }
@@ -278,16 +319,33 @@ impl OpenFile {
         }
         self.io.invalidate();
         self.size_hint.fetch_max(offset + len, Ordering::Relaxed);
+        // Counted unsent until known otherwise, and uncounted exactly once.
+        self.io.unsent.fetch_add(1, Ordering::SeqCst);
+        let counted = Arc::new(AtomicBool::new(true));
         let me = Arc::clone(self);
-        rt.spawn(async move {
+        let uncount = Arc::clone(&counted);
+        let mut task = Box::pin(async move {
             if let Err(e) = me.file.write(offset, &data).await {
                 tracing::warn!(ino = me.ino, offset, len, "write failed: {e}");
                 me.record_error(e);
+            }
+            if uncount.swap(false, Ordering::SeqCst) {
+                me.io.unsent.fetch_sub(1, Ordering::SeqCst);
             }
             me.io.ranges.lock().unwrap().retain(|r| r.0 != id);
             me.io.inflight.send_modify(|n| *n -= 1);
             drop(permits);
         });
+        // The first poll puts the packets on the wire now, in the order writes were queued,
+        // if the connection is up; the rest (waiting for the answer) runs as its own task.
+        let generation = self.file.generation();
+        let ready = self.file.sends_now();
+        if futures::poll!(task.as_mut()).is_pending() {
+            rt.spawn(task);
+        }
+        if ready && self.file.generation() == generation && counted.swap(false, Ordering::SeqCst) {
+            self.io.unsent.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(offset)
     }
 
@@ -316,7 +374,7 @@ impl OpenFile {
         offset: u64,
         size: u32,
         known_size: Option<u64>,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<Bytes, Error> {
         self.io.drain().await;
         if let Some(k) = known_size {
             self.size_hint.store(k, Ordering::Relaxed);
@@ -330,7 +388,7 @@ impl OpenFile {
             let len = data.len() as u64;
             let from = offset.min(len) as usize;
             let to = (offset + u64::from(size)).min(len) as usize;
-            return Ok(data[from..to].to_vec());
+            return Ok(Bytes::copy_from_slice(&data[from..to]));
         }
         let size64 = u64::from(size);
         // Past the size we know, the file may have grown: ask for everything requested.
@@ -340,7 +398,7 @@ impl OpenFile {
         };
         let chunks = self.plan(rt, offset, want);
         if let Some(chunks) = chunks {
-            let mut out = Vec::with_capacity(want as usize);
+            let mut parts = Vec::with_capacity(chunks.len());
             let end = offset + want;
             let mut complete = true;
             for (start, len, fut) in chunks {
@@ -349,7 +407,7 @@ impl OpenFile {
                         let from = offset.max(start) - start;
                         let to = (end.min(start + CHUNK) - start).min(data.len() as u64);
                         if from < to {
-                            out.extend_from_slice(&data[from as usize..to as usize]);
+                            parts.push(data.slice(from as usize..to as usize));
                         }
                         if (data.len() as u64) < len {
                             // The chunk met the end of the file as it was then.
@@ -364,14 +422,25 @@ impl OpenFile {
             }
             // A short answer from read-ahead may be stale (the file may have grown since the
             // chunk was fetched), and a failed chunk may be transient: ask directly instead.
-            if complete && out.len() as u64 == want {
-                return Ok(out);
+            let got: usize = parts.iter().map(Bytes::len).sum();
+            if complete && got as u64 == want {
+                // A request within one chunk (the usual case) is answered without a copy.
+                return Ok(match parts.len() {
+                    1 => parts.pop().expect("one part"),
+                    _ => parts
+                        .iter()
+                        .fold(BytesMut::with_capacity(got), |mut b, p| {
+                            b.extend_from_slice(p);
+                            b
+                        })
+                        .freeze(),
+                });
             }
         }
         let data = self.file.read(offset, want as u32).await?;
         self.size_hint
             .fetch_max(offset + data.len() as u64, Ordering::Relaxed);
-        Ok(data)
+        Ok(Bytes::from(data))
     }
 
     /// Updates the access-pattern detector; for sequential access, makes sure the chunks
@@ -426,7 +495,7 @@ impl OpenFile {
                     CHUNK
                 };
                 let task =
-                    rt.spawn(async move { file.read(start, len as u32).await.map(Arc::new) });
+                    rt.spawn(async move { file.read(start, len as u32).await.map(Bytes::from) });
                 let abort = task.abort_handle();
                 let data = async move {
                     task.await
