@@ -225,15 +225,7 @@ pub fn mount_main(
         opts.password = Some(Secret::new(line.trim_end_matches(['\r', '\n'])));
     }
 
-    let mut b = if std::env::var("DVS_CT").is_ok() {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if let Ok(n) = std::env::var("DVS_WORKERS") {
-        b.worker_threads(n.parse().unwrap());
-    }
-    let rt = match b.enable_all().build() {
+    let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("docker-volume-sshfs: cannot start the runtime: {e}");
