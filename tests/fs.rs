@@ -834,6 +834,42 @@ fn own_changes_visible_at_once() {
     );
 }
 
+/// Removing names keeps the listings fetched ahead for other directories (so `rm -r` does not
+/// list each directory twice) but never shows a removed name or a stale directory.
+#[test]
+fn removals_keep_other_listings_and_show_none_of_the_removed() {
+    let sshd = Sshd::start();
+    for d in ["t/a/x", "t/b/y", "t/c"] {
+        fs::create_dir_all(sshd.data.join(d)).unwrap();
+    }
+    for f in ["t/a/1", "t/a/x/2", "t/b/3", "t/b/y/4", "t/c/5"] {
+        fs::write(sshd.data.join(f), f).unwrap();
+    }
+    let m = Mount::root(&sshd, "", "cache_timeout=60");
+    let names = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(m.path(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    // Listing t starts listing a, b, c (and their subdirectories) ahead.
+    assert_eq!(names("t"), ["a", "b", "c"]);
+    fs::remove_file(m.path("t/a/1")).unwrap();
+    fs::remove_file(m.path("t/a/x/2")).unwrap();
+    fs::remove_dir(m.path("t/a/x")).unwrap();
+    assert_eq!(names("t/a"), Vec::<String>::new(), "a after its removals");
+    assert!(!m.path("t/a/x").exists());
+    assert_eq!(names("t/b"), ["3", "y"], "b untouched");
+    assert_eq!(names("t/b/y"), ["4"]);
+    fs::remove_file(m.path("t/c/5")).unwrap();
+    fs::remove_dir(m.path("t/c")).unwrap();
+    assert_eq!(names("t"), ["a", "b"], "t after removing c");
+    fs::remove_dir_all(m.path("t")).unwrap();
+    assert!(!sshd.data.join("t").exists(), "rm -r through the mount");
+}
+
 #[test]
 fn read_only_mount_refuses_writes() {
     let sshd = Sshd::start();

@@ -806,7 +806,10 @@ impl Inner {
 
     async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
-        if let Err(e) = self.sftp.remove(&self.full(&cpath)).await {
+        self.removing(&ppath, &cpath);
+        let removed = self.sftp.remove(&self.full(&cpath)).await;
+        self.removing(&ppath, &cpath);
+        if let Err(e) = removed {
             if e.is_status(StatusCode::Failure)
                 && let Ok(a) = self.sftp.lstat(&self.full(&cpath)).await
                 && attr::is_dir(&a)
@@ -824,7 +827,10 @@ impl Inner {
     async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
         let full = self.full(&cpath);
-        if let Err(e) = self.sftp.rmdir(&full).await {
+        self.removing(&ppath, &cpath);
+        let removed = self.sftp.rmdir(&full).await;
+        self.removing(&ppath, &cpath);
+        if let Err(e) = removed {
             if e.is_status(StatusCode::Failure) {
                 match self.sftp.read_dir(&full).await {
                     Ok(list) if !list.is_empty() => return Err(Errno::ENOTEMPTY),
@@ -1343,6 +1349,21 @@ impl Inner {
         self.mutations.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// A change confined to one name: `cpath` in the directory `ppath` is being removed. Only
+    /// what shows them is dropped (the listings of `ppath`, of its parent, which shows its
+    /// times, and of `cpath`; content read ahead for `cpath`), so `rm -r` keeps the listings
+    /// of the directories it has yet to visit. Called before the request and again after it,
+    /// which drops a listing taken in between.
+    fn removing(&self, ppath: &str, cpath: &str) {
+        let grandparent = ppath.rsplit_once('/').map_or("", |(d, _)| d);
+        let under = format!("{cpath}/");
+        self.prefetched
+            .lock()
+            .unwrap()
+            .retain(|k, _| k != ppath && k != grandparent && k != cpath && !k.starts_with(&under));
+        self.preloads.lock().unwrap().remove(cpath);
+    }
+
     /// The listing of `path` fetched ahead, if it is still as good as a fresh one: started
     /// after the last change made through the mount, and within the cache timeout.
     fn take_prefetched(&self, path: &str) -> Option<SharedListing> {
@@ -1654,7 +1675,7 @@ impl Filesystem for SshFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.inner.mutated();
+        // Not `mutated`: see `removing`.
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.unlink(parent.0, &name).await {
@@ -1665,7 +1686,7 @@ impl Filesystem for SshFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.inner.mutated();
+        // Not `mutated`: see `removing`.
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.rmdir(parent.0, &name).await {
