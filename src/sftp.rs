@@ -177,22 +177,26 @@ impl Conn {
         }
         let count = self.sessions.lock().unwrap().len();
         if count < MAX_SESSIONS {
-            let (raw, _) = self
-                .ssh
-                .open_sftp(REQUEST_TIMEOUT)
-                .await
-                .map_err(russh_sftp::client::error::Error::IO)?;
-            let session = Arc::new(Session {
-                raw,
-                slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
-            });
-            let permit = session
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .expect("fresh session");
-            self.sessions.lock().unwrap().push(session.clone());
-            return Ok((session, permit));
+            match self.ssh.open_sftp(REQUEST_TIMEOUT).await {
+                Ok((raw, _)) => {
+                    let session = Arc::new(Session {
+                        raw,
+                        slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
+                    });
+                    let permit = session
+                        .slots
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("fresh session");
+                    self.sessions.lock().unwrap().push(session.clone());
+                    return Ok((session, permit));
+                }
+                // A server allowing fewer channels (MaxSessions): make do with those open.
+                Err(e) if !self.ssh.is_closed() => {
+                    tracing::debug!("no more SFTP channels ({e}); waiting for a free handle");
+                }
+                Err(e) => return Err(russh_sftp::client::error::Error::IO(e)),
+            }
         }
         // Every channel is full: wait for a handle to close.
         let session = self.pick();
