@@ -148,6 +148,15 @@ struct Session {
     slots: Arc<Semaphore>,
 }
 
+impl Session {
+    fn new(raw: RawSftpSession) -> Arc<Session> {
+        Arc::new(Session {
+            raw,
+            slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
+        })
+    }
+}
+
 /// One SSH connection and its SFTP channels. Replaced as a whole on reconnect.
 struct Conn {
     generation: u64,
@@ -178,19 +187,7 @@ impl Conn {
         let count = self.sessions.lock().unwrap().len();
         if count < MAX_SESSIONS {
             match self.ssh.open_sftp(REQUEST_TIMEOUT).await {
-                Ok((raw, _)) => {
-                    let session = Arc::new(Session {
-                        raw,
-                        slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
-                    });
-                    let permit = session
-                        .slots
-                        .clone()
-                        .try_acquire_owned()
-                        .expect("fresh session");
-                    self.sessions.lock().unwrap().push(session.clone());
-                    return Ok((session, permit));
-                }
+                Ok((raw, _)) => return Ok(self.add_session(raw)),
                 // A server allowing fewer channels (MaxSessions): make do with those open.
                 Err(e) if !self.ssh.is_closed() => {
                     tracing::debug!("no more SFTP channels ({e}); waiting for a free handle");
@@ -234,19 +231,21 @@ impl Conn {
             .into_iter()
             .flatten()
         {
-            let session = Arc::new(Session {
-                raw,
-                slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
-            });
-            let permit = session
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .expect("fresh session");
-            self.sessions.lock().unwrap().push(session.clone());
-            found.push((session, permit));
+            found.push(self.add_session(raw));
         }
         found
+    }
+
+    /// Adds a newly opened channel, with one of its handle slots taken for the caller.
+    fn add_session(&self, raw: RawSftpSession) -> (Arc<Session>, OwnedSemaphorePermit) {
+        let session = Session::new(raw);
+        let permit = session
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .expect("fresh session");
+        self.sessions.lock().unwrap().push(session.clone());
+        (session, permit)
     }
 
     fn try_slot(&self) -> Option<(Arc<Session>, OwnedSemaphorePermit)> {
@@ -369,10 +368,7 @@ async fn establish(opts: &MountOptions, generation: u64) -> Result<(Conn, Featur
     let conn = Conn {
         generation,
         ssh,
-        sessions: Mutex::new(vec![Arc::new(Session {
-            raw,
-            slots: Arc::new(Semaphore::new(HANDLES_PER_SESSION)),
-        })]),
+        sessions: Mutex::new(vec![Session::new(raw)]),
         opening: tokio::sync::Mutex::new(()),
         next: AtomicUsize::new(0),
     };
