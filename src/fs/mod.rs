@@ -9,8 +9,9 @@
 //! Round trips are what small-file work costs at real latencies, so some things are fetched
 //! before they are asked for: the listings of subdirectories of a directory being read, and the
 //! content (with an open handle) of the next small files of a directory being read file by
-//! file. Anything fetched ahead is dropped by any change made through the mount, and expires
-//! like the other caches (listings) or after 2 s (file content).
+//! file. Anything fetched ahead is dropped by any change made through the mount (a removal
+//! drops only what shows the removed name), and expires like the other caches (listings) or
+//! after 2 s (file content).
 //!
 //! SFTP v3 reports most failures as a bare FAILURE; where POSIX callers care which errno they
 //! get (EEXIST, ENOTEMPTY, ...), the failing call is followed by a look at the server's state.
