@@ -227,7 +227,7 @@ fn plugin_killed_with_sigkill_recovers() {
     let Some(ctx) = setup("plugin_killed_with_sigkill_recovers", Kind::Exclusive) else {
         return;
     };
-    let id = plugin_id(&ctx);
+    let id = ctx.plugin_id();
     let root = ctx.propagated_mount_root();
     let before: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
     // A set: each mount shows twice in mountinfo (the propagated-mount bind and the filesystem
@@ -364,7 +364,7 @@ fn dockerd_restart_keeps_volumes() {
     let _dockerd_guard = DockerdGuard(dockerd.clone());
     let took = dockerd.restart();
     eprintln!("dockerd restarted in {took:?}");
-    let id = plugin_id(&ctx);
+    let id = ctx.plugin_id();
     wait_plugin_running(&ctx, &id, None, Duration::from_secs(60));
     // dockerd stopped every container, the test sshd among them.
     start_sshd(&ctx.cfg);
@@ -577,7 +577,7 @@ fn secrets_stay_secret_with_debug_logging() {
     let Some(ctx) = setup("secrets_stay_secret", Kind::Exclusive) else {
         return;
     };
-    let id = plugin_id(&ctx);
+    let id = ctx.plugin_id();
     let log = dockerd().log;
     if log.is_none() {
         eprintln!("note: dockerd's stderr is not a file here; the plugin log is not checked");
@@ -616,13 +616,10 @@ fn secrets_stay_secret_with_debug_logging() {
     )
     .ok("encrypting a copy of the test key");
 
-    let settings = Settings::apply(
-        &ctx,
-        &[
-            ("DEBUG", "1".to_string()),
-            ("sshkey.source", keys.0.display().to_string()),
-        ],
-    );
+    let settings = ctx.plugin_settings(&[
+        ("DEBUG", "1".to_string()),
+        ("sshkey.source", keys.0.display().to_string()),
+    ]);
     let root_dir = ctx.remote_dir("secrets");
     let base = |dir: &e2e::RemoteDir| {
         vec![
@@ -815,7 +812,7 @@ fn load_many_mounts_no_leaks() {
     let Some(ctx) = setup("load_many_mounts_no_leaks", Kind::Exclusive) else {
         return;
     };
-    let id = plugin_id(&ctx);
+    let id = ctx.plugin_id();
     let pid = plugin_pid(&id).expect("the plugin's process");
     let root = ctx.propagated_mount_root();
     let before_mounts: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();

@@ -21,21 +21,6 @@ use crate::e2e::{Config, Ctx, docker, run_cmd, wait_until};
 // ---------------------------------------------------------------------------------------------
 // The plugin process
 
-/// The plugin's full ID (`docker plugin inspect`).
-pub fn plugin_id(ctx: &Ctx) -> String {
-    docker(&[
-        "plugin",
-        "inspect",
-        "-f",
-        "{{.Id}}",
-        ctx.cfg.plugin.as_str(),
-    ])
-    .ok("plugin id")
-    .stdout
-    .trim()
-    .to_string()
-}
-
 fn cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
@@ -537,76 +522,6 @@ pub fn plugin_log_since(log: &Path, from: u64, id: &str) -> String {
 
 pub fn file_len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Plugin settings beyond the harness's mount sources
-
-/// Current value of the plugin's env setting `name` (e.g. DEBUG).
-pub fn plugin_env(ctx: &Ctx, name: &str) -> String {
-    docker(&[
-        "plugin",
-        "inspect",
-        "-f",
-        "{{range .Settings.Env}}{{println .}}{{end}}",
-        ctx.cfg.plugin.as_str(),
-    ])
-    .ok("reading the plugin's env settings")
-    .stdout
-    .lines()
-    .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
-    .unwrap_or_default()
-}
-
-fn apply(plugin: &str, settings: &[(String, String)]) -> Result<(), String> {
-    let disable = docker(&["plugin", "disable", "-f", plugin]);
-    let mut args = vec!["plugin".to_string(), "set".into(), plugin.to_string()];
-    args.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
-    let set = docker(&args);
-    let enable = docker(&["plugin", "enable", plugin]);
-    for (what, out) in [("disable", disable), ("set", set), ("enable", enable)] {
-        if !out.success() {
-            return Err(format!("docker plugin {what}: {}", out.text()));
-        }
-    }
-    Ok(())
-}
-
-/// Applies env and mount settings (disable -f, set, enable); restores the old values on drop.
-pub struct Settings {
-    plugin: String,
-    restore: Vec<(String, String)>,
-}
-
-impl Settings {
-    pub fn apply(ctx: &Ctx, settings: &[(&str, String)]) -> Settings {
-        let mut restore = Vec::new();
-        for (k, _) in settings {
-            let old = match k.strip_suffix(".source") {
-                Some(mount) => ctx.plugin_mount_source(mount),
-                None => plugin_env(ctx, k),
-            };
-            restore.push((k.to_string(), old));
-        }
-        let guard = Settings {
-            plugin: ctx.cfg.plugin.clone(),
-            restore,
-        };
-        let new: Vec<(String, String)> = settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        apply(&guard.plugin, &new).unwrap_or_else(|e| panic!("applying plugin settings: {e}"));
-        guard
-    }
-}
-
-impl Drop for Settings {
-    fn drop(&mut self) {
-        if let Err(e) = apply(&self.plugin, &self.restore) {
-            eprintln!("cleanup: restoring plugin settings failed: {e}");
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
