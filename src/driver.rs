@@ -371,21 +371,20 @@ impl Driver {
     }
 
     pub fn path(&self, name: &str) -> Result<PathBuf, DriverError> {
+        Ok(self.mountpoint(&self.record(name)?))
+    }
+
+    /// The stored record of a known volume.
+    fn record(&self, name: &str) -> Result<VolumeRecord, DriverError> {
         validate_name(name)?;
-        let rec = self
-            .store
+        self.store
             .get(name)?
-            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
-        Ok(self.mountpoint(&rec))
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))
     }
 
     /// From local state only: dockerd forgets a volume whose Get fails after it restarts.
     pub fn get(&self, name: &str) -> Result<VolumeInfo, DriverError> {
-        validate_name(name)?;
-        let rec = self
-            .store
-            .get(name)?
-            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        let rec = self.record(name)?;
         let mut info = self.info(&rec);
         info.status = Some(self.status(&rec));
         Ok(info)
