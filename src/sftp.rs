@@ -408,6 +408,14 @@ impl Sftp {
         Ok(Sftp { inner })
     }
 
+    /// The generation of the connection in use, if it is up.
+    fn live_generation(&self) -> Option<u64> {
+        match &*self.inner.slot.borrow() {
+            Slot::Up(c) if !c.ssh.is_closed() => Some(c.generation),
+            _ => None,
+        }
+    }
+
     /// The absolute remote directory this mount shows as its root (no trailing slash unless `/`).
     pub fn root(&self) -> &str {
         &self.inner.root
@@ -674,9 +682,21 @@ async fn open_on(
     attrs: FileAttributes,
 ) -> RawResult<OpenHandle> {
     let (session, permit) = conn.slot().await?;
+    open_in(conn.generation, session, permit, path, flags, attrs).await
+}
+
+/// Opens `path` on the channel `session` of connection `generation`, in the slot `permit`.
+async fn open_in(
+    generation: u64,
+    session: Arc<Session>,
+    permit: OwnedSemaphorePermit,
+    path: &str,
+    flags: OpenFlags,
+    attrs: FileAttributes,
+) -> RawResult<OpenHandle> {
     let handle = session.raw.open(path, flags, attrs).await?.handle;
     Ok(OpenHandle {
-        generation: conn.generation,
+        generation,
         session,
         handle,
         _slot: Arc::new(permit),
@@ -864,10 +884,8 @@ impl File {
         if self.striping.load(Ordering::SeqCst) {
             return false;
         }
-        match &*self.sftp.inner.slot.borrow() {
-            Slot::Up(c) if !c.ssh.is_closed() => self.current(c).is_some(),
-            _ => false,
-        }
+        let live = self.sftp.live_generation();
+        matches!(&*self.open.lock().unwrap(), Some(h) if Some(h.generation) == live)
     }
 
     /// Opens the extra write handles (best effort: a channel or open refused means fewer).
@@ -879,28 +897,21 @@ impl File {
             return;
         };
         let slots = conn.slots_elsewhere(&primary.session, STRIPES - 1).await;
-        let generation = conn.generation;
-        let opens = slots.into_iter().map(|(session, permit)| async move {
-            let h = session
-                .raw
-                .open(
-                    self.path.as_str(),
-                    OpenFlags::WRITE,
-                    FileAttributes::empty(),
-                )
-                .await
-                .ok()?;
-            Some(OpenHandle {
-                generation,
+        let opens = slots.into_iter().map(|(session, permit)| {
+            let (path, attrs) = (self.path.as_str(), FileAttributes::empty());
+            open_in(
+                conn.generation,
                 session,
-                handle: h.handle,
-                _slot: Arc::new(permit),
-            })
+                permit,
+                path,
+                OpenFlags::WRITE,
+                attrs,
+            )
         });
         let opened: Vec<_> = futures::future::join_all(opens)
             .await
             .into_iter()
-            .flatten()
+            .filter_map(Result::ok)
             .collect();
         tracing::debug!(path = %self.path, channels = opened.len() + 1, "spreading writes");
         *self.stripes.lock().unwrap() = opened;
@@ -908,12 +919,9 @@ impl File {
 
     /// The extra write handles still valid (none after a reconnect).
     fn live_stripes(&self) -> Vec<OpenHandle> {
-        let generation = match &*self.sftp.inner.slot.borrow() {
-            Slot::Up(c) if !c.ssh.is_closed() => c.generation,
-            _ => return Vec::new(),
-        };
+        let live = self.sftp.live_generation();
         let mut stripes = self.stripes.lock().unwrap();
-        stripes.retain(|h| h.generation == generation);
+        stripes.retain(|h| Some(h.generation) == live);
         stripes.clone()
     }
 
@@ -925,26 +933,21 @@ impl File {
         at: u64,
         chunk: &[u8],
     ) -> Result<(), Error> {
-        if let Some(h) = stripe {
-            match h
-                .session
-                .raw
-                .write(h.handle.as_str(), at, chunk.to_vec())
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if transport_error(&e) => self.sftp.inner.trouble.notify_one(),
-                Err(e) => return Err(from_raw(e)),
-            }
-        }
-        self.call(move |h| async move {
+        let send = |h: OpenHandle| async move {
             h.session
                 .raw
                 .write(h.handle.as_str(), at, chunk.to_vec())
                 .await
                 .map(drop)
-        })
-        .await
+        };
+        if let Some(h) = stripe {
+            match send(h).await {
+                Ok(()) => return Ok(()),
+                Err(e) if transport_error(&e) => self.sftp.inner.trouble.notify_one(),
+                Err(e) => return Err(from_raw(e)),
+            }
+        }
+        self.call(send).await
     }
 
     fn current(&self, conn: &Conn) -> Option<OpenHandle> {
@@ -1089,9 +1092,7 @@ impl File {
         handles.extend(self.open.lock().unwrap().take());
         let closes = handles.into_iter().map(|h| async move {
             // A handle from a dead connection is gone with it; nothing to close.
-            let live = matches!(&*self.sftp.inner.slot.borrow(),
-                Slot::Up(c) if c.generation == h.generation && !c.ssh.is_closed());
-            if !live {
+            if self.sftp.live_generation() != Some(h.generation) {
                 return Ok(());
             }
             h.session
