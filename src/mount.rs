@@ -140,9 +140,9 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
 
 /// Lazily unmounts every mount at or below `dir` (left by a crashed earlier run), deepest first.
 pub fn unmount_stale_below(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut found: Vec<PathBuf> = mount_points(&info)
+    let mut found: Vec<PathBuf> = mount_table()?
         .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir) && p != dir)
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -158,17 +158,38 @@ pub fn unmount_stale_below(dir: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// True if `path` is a mount point according to /proc/self/mountinfo.
 pub fn is_mounted(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| mount_points(&info).iter().any(|p| p == path))
-        .unwrap_or(false)
+    mount_table().is_ok_and(|t| t.iter().any(|m| m.mount_point == path))
 }
 
-/// The mount point column (5th) of mountinfo, decoded.
-fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(mountinfo_path)
+/// One line of /proc/PID/mountinfo: where something is mounted and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The mount point (5th field), unescaped.
+    pub mount_point: PathBuf,
+    /// The filesystem type after the ` - ` separator, e.g. `fuse.sshfs`.
+    pub fs_type: String,
+}
+
+/// The mounts this process sees.
+pub fn mount_table() -> io::Result<Vec<MountEntry>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// Decodes the text of a /proc/PID/mountinfo file (the one decoder, shared with the tests).
+/// Lines that do not have the documented shape are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mount_point = mountinfo_path(pre.split(' ').nth(4)?);
+            let fs_type = post.split(' ').next()?.to_string();
+            Some(MountEntry {
+                mount_point,
+                fs_type,
+            })
+        })
         .collect()
 }
 
@@ -179,13 +200,19 @@ pub fn mountinfo_path(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
+        let escaped = b[i] == b'\\'
             && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
+        if escaped {
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+            // \ooo above \377 is not an escape mountinfo writes; keep it as text.
+            if let Ok(byte) = u8::try_from(v) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
         }
         out.push(b[i]);
         i += 1;
@@ -275,10 +302,19 @@ mod tests {
     #[test]
     fn mountinfo_escapes_are_decoded() {
         let info = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n\
-                    37 35 0:5 / /mnt/volumes/x rw - fuse.sshfs h:/ rw\n";
+                    37 35 0:5 / /mnt/volumes/x rw - fuse.sshfs h:/ rw\n\
+                    38 35 0:6 / /mnt/tail\\134 rw - tmpfs none rw\n\
+                    garbage\n";
+        let t = parse_mountinfo(info);
+        let points: Vec<_> = t.iter().map(|m| m.mount_point.clone()).collect();
         assert_eq!(
-            mount_points(info),
-            vec![PathBuf::from("/mnt/a b"), PathBuf::from("/mnt/volumes/x")]
+            points,
+            vec![
+                PathBuf::from("/mnt/a b"),
+                PathBuf::from("/mnt/volumes/x"),
+                PathBuf::from("/mnt/tail\\"),
+            ]
         );
+        assert_eq!(t[1].fs_type, "fuse.sshfs");
     }
 }
