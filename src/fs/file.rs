@@ -12,10 +12,15 @@
 //! until the inode's queued writes are done (`InodeIo::drain`; `settle` also applies deferred
 //! metadata), and every write or truncate bumps the inode's generation so prefetched data from
 //! before it is never served.
+//!
+//! One file because both halves share `OpenFile` and the inode's generation: a write must drop
+//! what read-ahead fetched before it, and a read must wait for the writes queued before it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
@@ -97,7 +102,7 @@ impl InodeIo {
     /// Waits for queued writes and sends deferred metadata.
     pub async fn settle(&self) -> Result<(), Error> {
         let _one = self.settling.lock().await;
-        let deferred = self.deferred.lock().unwrap().take();
+        let deferred = self.deferred.lock().take();
         let Some((attrs, file)) = deferred else {
             self.drain().await;
             return Ok(());
@@ -120,17 +125,12 @@ impl InodeIo {
     fn writes_sent_on(&self, file: &Arc<File>) -> bool {
         self.unsent.load(Ordering::SeqCst) == 0
             && file.sends_now()
-            && self
-                .ranges
-                .lock()
-                .unwrap()
-                .iter()
-                .all(|r| r.3 == handle_id(file))
+            && self.ranges.lock().iter().all(|r| r.3 == handle_id(file))
     }
 
     /// Queues a mode and/or times change, merged with any already queued.
     pub fn defer(&self, set: FileAttributes, file: Arc<File>) {
-        let mut d = self.deferred.lock().unwrap();
+        let mut d = self.deferred.lock();
         let (attrs, _) = d.get_or_insert_with(|| (FileAttributes::default(), file));
         if set.permissions.is_some() {
             attrs.permissions = set.permissions;
@@ -142,26 +142,26 @@ impl InodeIo {
     }
 
     pub fn keep_error(&self, e: Error) {
-        let mut slot = self.error.lock().unwrap();
+        let mut slot = self.error.lock();
         if slot.is_none() {
             *slot = Some(e);
         }
     }
 
     pub fn has_pending(&self) -> bool {
-        *self.inflight.borrow() != 0 || self.deferred.lock().unwrap().is_some()
+        *self.inflight.borrow() != 0 || self.deferred.lock().is_some()
     }
 
     /// An append handle opened and the server says the file has `size` bytes (with all our
     /// queued writes landed): appends go there, or past writes queued since.
     pub fn append_from(&self, size: u64) {
-        let mut end = self.end.lock().unwrap();
+        let mut end = self.end.lock();
         *end = Some(end.unwrap_or(0).max(size));
     }
 
     /// The file was truncated (or created empty) through us.
     pub fn truncated(&self, size: u64) {
-        *self.end.lock().unwrap() = Some(size);
+        *self.end.lock() = Some(size);
     }
 
     /// Content changed (or is about to): prefetched data is stale.
@@ -249,7 +249,7 @@ impl OpenFile {
     /// size) until the content changes through us.
     pub fn preload(&self, data: Arc<Vec<u8>>) {
         let generation = self.io.generation.load(Ordering::SeqCst);
-        *self.preloaded.lock().unwrap() = Some((data, generation));
+        *self.preloaded.lock() = Some((data, generation));
     }
 
     pub fn set_size_hint(&self, size: u64) {
@@ -258,11 +258,11 @@ impl OpenFile {
 
     /// Takes the pending write-behind error, if any, so it is reported exactly once.
     pub fn take_error(&self) -> Option<Error> {
-        self.error.lock().unwrap().take()
+        self.error.lock().take()
     }
 
     fn record_error(&self, e: Error) {
-        let mut slot = self.error.lock().unwrap();
+        let mut slot = self.error.lock();
         if slot.is_none() {
             *slot = Some(e);
         }
@@ -281,7 +281,7 @@ impl OpenFile {
             return Err(e);
         }
         // A write after a deferred utimes must land after it (the write sets mtime to now).
-        if self.io.deferred.lock().unwrap().is_some() {
+        if self.io.deferred.lock().is_some() {
             self.io.settle().await?;
         }
         let len = data.len() as u64;
@@ -293,7 +293,7 @@ impl OpenFile {
             .await
             .map_err(|_| Error::Other("filesystem is shutting down".into()))?;
         let offset = {
-            let mut end = self.io.end.lock().unwrap();
+            let mut end = self.io.end.lock();
             let at = match *end {
                 Some(e) if self.append => e,
                 _ => offset,
@@ -304,7 +304,7 @@ impl OpenFile {
         let id = self.io.next_id.fetch_add(1, Ordering::Relaxed);
         loop {
             {
-                let mut ranges = self.io.ranges.lock().unwrap();
+                let mut ranges = self.io.ranges.lock();
                 let overlaps = ranges
                     .iter()
                     .any(|&(_, s, e, _)| s < offset + len && offset < e);
@@ -332,7 +332,7 @@ impl OpenFile {
             if uncount.swap(false, Ordering::SeqCst) {
                 me.io.unsent.fetch_sub(1, Ordering::SeqCst);
             }
-            me.io.ranges.lock().unwrap().retain(|r| r.0 != id);
+            me.io.ranges.lock().retain(|r| r.0 != id);
             me.io.inflight.send_modify(|n| *n -= 1);
             drop(permits);
         });
@@ -358,7 +358,7 @@ impl OpenFile {
         if let Some(e) = self.take_error() {
             return Err(e);
         }
-        if let Some(e) = self.io.error.lock().unwrap().take() {
+        if let Some(e) = self.io.error.lock().take() {
             return Err(e);
         }
         settled
@@ -381,7 +381,7 @@ impl OpenFile {
         }
         // Content read ahead with the handle, valid while the size we show is the size it was
         // read at and nothing was written through us since.
-        if let Some((data, generation)) = &*self.preloaded.lock().unwrap()
+        if let Some((data, generation)) = &*self.preloaded.lock()
             && *generation == self.io.generation.load(Ordering::SeqCst)
             && known_size == Some(data.len() as u64)
         {
@@ -448,7 +448,7 @@ impl OpenFile {
     /// this read. `None` means read directly.
     fn plan(&self, rt: &Handle, offset: u64, size: u64) -> Option<Vec<(u64, u64, ChunkFuture)>> {
         let generation = self.io.generation.load(Ordering::SeqCst);
-        let mut ra = self.ra.lock().unwrap();
+        let mut ra = self.ra.lock();
         if ra.generation != generation {
             ra.clear();
             ra.generation = generation;
@@ -518,6 +518,6 @@ impl OpenFile {
 
     /// Stops read-ahead (on release).
     pub fn stop(&self) {
-        self.ra.lock().unwrap().clear();
+        self.ra.lock().clear();
     }
 }

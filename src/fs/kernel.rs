@@ -1,0 +1,535 @@
+//! The face to the kernel: `SshFs` implements `fuser::Filesystem` by turning each request into
+//! a task on the tokio runtime that calls the matching `Fs` operation and replies when it is
+//! done, so the FUSE event loop never waits on the network and many requests are in flight at
+//! once. Nothing else happens here: which requests count as a change (`Fs::mutated`), what the
+//! kernel is asked for at init, and how a negative entry is sent. It is long only because the
+//! trait has a method per request kind, each a few lines of the same spawn-and-reply shape.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, MountOption, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    SessionACL, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use super::Fs;
+use super::namespace::Entry;
+use super::readdir::dir_attr;
+use super::setattr::Change;
+use crate::options::MountOptions;
+use crate::sftp::Sftp;
+
+/// Largest FUSE write we ask for: fewer, bigger requests on sequential writes.
+const MAX_WRITE: u32 = 1024 * 1024;
+
+/// The mount options the kernel sees for this filesystem.
+pub fn fuse_config(opts: &MountOptions) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    let mut mo = vec![
+        MountOption::FSName(opts.remote.to_string()),
+        MountOption::Subtype("sshfs".to_string()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    mo.push(if opts.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    if opts.default_permissions {
+        mo.push(MountOption::DefaultPermissions);
+    }
+    config.mount_options = mo;
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config
+}
+
+/// The filesystem handed to `fuser::Session`.
+pub struct SshFs {
+    fs: Arc<Fs>,
+}
+
+impl SshFs {
+    pub fn new(sftp: Sftp, opts: &MountOptions, rt: Handle) -> SshFs {
+        SshFs {
+            fs: Arc::new(Fs::new(sftp, opts, rt)),
+        }
+    }
+
+    /// Runs `f` as a task: the FUSE loop goes straight back to reading requests.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Fs>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let fut = f(Arc::clone(&self.fs));
+        self.fs.rt.spawn(fut);
+    }
+}
+
+impl Filesystem for SshFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Ask for what helps; the kernel grants the subset it supports.
+        let wanted = [
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ];
+        for flag in wanted {
+            let _ = config.add_capabilities(flag);
+        }
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        // The kernel caps this at what it offered (usually 128 KiB); our own read-ahead in
+        // `file` covers the rest.
+        if let Err(max) = config.set_max_readahead(4 * MAX_WRITE) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(Entry::Found(a)) => reply.entry(&fs.ttl, &a, Generation(0)),
+                Ok(Entry::Absent) if fs.caching() => {
+                    // Node id 0 is a negative entry the kernel may cache for a while.
+                    let mut a = dir_attr(0);
+                    a.ino = INodeNo(0);
+                    reply.entry(&fs.neg_ttl, &a, Generation(0));
+                }
+                Ok(Entry::Absent) => reply.error(Errno::ENOENT),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.nodes.lock().forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(move |fs| async move {
+            match fs.getattr(ino.0, fh.map(|f| f.0)).await {
+                Ok(a) => reply.attr(&fs.ttl, &a),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.fs.mutated();
+        let change = Change {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        self.spawn(move |fs| async move {
+            match fs.setattr(ino.0, change, fh.map(|f| f.0)).await {
+                Ok(a) => reply.attr(&fs.ttl, &a),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |fs| async move {
+            match fs.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.fs.mutated();
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.mknod(parent.0, &name, mode).await {
+                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.fs.mutated();
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.mkdir(parent.0, &name, mode).await {
+                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // Not `mutated`: see `removing`.
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // Not `mutated`: see `removing`.
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.fs.mutated();
+        let name = link_name.to_owned();
+        let target = target.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.symlink(parent.0, &name, &target).await {
+                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.mutated();
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.spawn(move |fs| async move {
+            match fs
+                .rename(parent.0, &name, newparent.0, &newname, flags)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.fs.mutated();
+        let newname = newname.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.link(ino.0, newparent.0, &newname).await {
+                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_TRUNC != 0 {
+            self.fs.mutated();
+        }
+        self.spawn(move |fs| async move {
+            match fs.open(ino.0, flags.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let of = match self.fs.handle(fh.0) {
+            Ok(of) => of,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.read(ino.0, &of, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.fs.mutated();
+        let of = match self.fs.handle(fh.0) {
+            Ok(of) => of,
+            Err(e) => return reply.error(e),
+        };
+        let data = data.to_vec();
+        self.spawn(move |fs| async move {
+            match fs.write(ino.0, &of, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let of = match self.fs.handle(fh.0) {
+            Ok(of) => of,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.flush(&of).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| async move {
+            match fs.release(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let of = match self.fs.handle(fh.0) {
+            Ok(of) => of,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.fsync(&of).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.spawn(move |fs| async move {
+            match fs.listing(ino.0, fh.0, offset).await {
+                Ok(list) => {
+                    let mut reply = reply;
+                    fs.fill(ino.0, &list, offset, &mut reply);
+                    reply.ok();
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.spawn(move |fs| async move {
+            match fs.listing(ino.0, fh.0, offset).await {
+                Ok(list) => {
+                    let mut reply = reply;
+                    fs.fill_plus(ino.0, &list, offset, &mut reply);
+                    reply.ok();
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: fuser::OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(move |fs| async move {
+            match fs.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks,
+                    s.blocks_free,
+                    s.blocks_avail,
+                    s.files,
+                    s.files_free,
+                    s.block_size,
+                    s.name_max,
+                    s.fragment_size,
+                ),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        self.fs.mutated();
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.create(parent.0, &name, mode, flags).await {
+                Ok((a, fh)) => reply.created(
+                    &fs.ttl,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+}

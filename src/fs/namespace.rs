@@ -1,0 +1,378 @@
+//! Names and their attributes: lookup, getattr, readlink, and the calls that add or remove a
+//! name (mkdir, mknod, unlink, rmdir, symlink, rename, link). Each keeps the inode table and the
+//! cached listings in step with what it did, so the change shows through the mount at once.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use fuser::{Errno, FileAttr, RenameFlags};
+
+use super::Fs;
+use super::attr::{self, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID};
+use super::errno::{errno, is_enoent};
+use super::file::OpenFile;
+use crate::sftp::{Error, FileAttributes, OpenFlags};
+
+/// A reply to a lookup-like request: an entry, or (with caching) a cached "no such name".
+pub(super) enum Entry {
+    Found(FileAttr),
+    Absent,
+}
+
+impl Fs {
+    /// The attributes of a path as shown: lstat, or stat with `follow_symlinks` (a dangling
+    /// link still shows as a link).
+    pub(super) async fn stat_remote(&self, rel: &str) -> Result<FileAttributes, Error> {
+        let full = self.full(rel);
+        let a = self.sftp.lstat(&full).await?;
+        if self.follow_symlinks && attr::is_symlink(&a) {
+            return Ok(self.sftp.stat(&full).await.unwrap_or(a));
+        }
+        Ok(a)
+    }
+
+    /// Records a freshly learned entry, counting the kernel's lookup.
+    pub(super) fn remember(&self, path: &str, a: FileAttributes) -> FileAttr {
+        let ino = self
+            .nodes
+            .lock()
+            .looked_up(path, a.clone(), self.fresh_until());
+        self.file_attr(ino, &a)
+    }
+
+    pub(super) fn parent_attrs(&self, parent: u64) -> Option<FileAttributes> {
+        self.nodes.lock().get(parent)?.attrs.clone()
+    }
+
+    pub(super) fn touch_ctime(&self, ino: u64) {
+        if let Some(n) = self.nodes.lock().get_mut(ino) {
+            n.ctime_floor = Some(SystemTime::now());
+        }
+    }
+
+    pub(super) async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, Errno> {
+        let (_, name, cpath) = self.child_of(parent, name)?;
+        let existing = {
+            let mut t = self.nodes.lock();
+            let now = Instant::now();
+            if self.caching() {
+                if let Some(ino) = t.ino_of(&cpath)
+                    && let Some(node) = t.get_mut(ino)
+                    && let Some(a) = node.fresh_attrs(now).cloned()
+                {
+                    node.nlookup += 1;
+                    drop(t);
+                    return Ok(Entry::Found(self.file_attr(ino, &a)));
+                }
+                if t.known_absent(parent, &name, now) {
+                    return Ok(Entry::Absent);
+                }
+            }
+            t.ino_of(&cpath)
+        };
+        if let Some(ino) = existing {
+            self.settle(ino).await;
+        }
+        match self.stat_remote(&cpath).await {
+            Ok(a) => Ok(Entry::Found(self.remember(&cpath, a))),
+            Err(e) if is_enoent(&e) => Ok(Entry::Absent),
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    /// Current attributes, from the path if it still has one, else from an open handle.
+    pub(super) async fn fetch(
+        &self,
+        path: Option<&str>,
+        handle: Option<&Arc<OpenFile>>,
+    ) -> Result<FileAttributes, Errno> {
+        if let Some(p) = path {
+            match self.stat_remote(p).await {
+                Ok(a) => return Ok(a),
+                Err(e) if handle.is_none() || !is_enoent(&e) => return Err(errno(&e)),
+                Err(_) => {}
+            }
+        }
+        match handle {
+            Some(h) => h.file.fstat().await.map_err(|e| errno(&e)),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    pub(super) async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
+        let path = {
+            let t = self.nodes.lock();
+            let node = t.get(ino).ok_or(Errno::ENOENT)?;
+            if let Some(a) = node.fresh_attrs(Instant::now()) {
+                let a = a.clone();
+                drop(t);
+                return Ok(self.file_attr(ino, &a));
+            }
+            node.path.clone()
+        };
+        self.settle(ino).await;
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
+        let a = self.fetch(path.as_deref(), handle.as_ref()).await?;
+        if let Some(n) = self.nodes.lock().get_mut(ino) {
+            n.attrs = Some(a.clone());
+            n.fresh_until = self.fresh_until();
+        }
+        Ok(self.file_attr(ino, &a))
+    }
+
+    pub(super) async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let path = self.path_of(ino)?;
+        let target = self
+            .sftp
+            .readlink(&self.full(&path))
+            .await
+            .map_err(|e| errno(&e))?;
+        Ok(target.into_bytes())
+    }
+
+    /// Attributes for a new object: predicted from what earlier creations taught us when
+    /// possible (no round trip), else fetched — and then learned from. Also forces the exact
+    /// requested permissions when the server's own umask removed some (local semantics: the
+    /// caller's umask has already been applied by the kernel).
+    pub(super) async fn new_object_attrs(
+        &self,
+        parent: u64,
+        rel: &str,
+        kind: u32,
+        perm: u32,
+        handle: Option<&crate::sftp::File>,
+    ) -> Result<FileAttributes, Errno> {
+        let parent_attrs = self.parent_attrs(parent);
+        let predicted = self
+            .creator
+            .lock()
+            .predict(perm, parent_attrs.as_ref(), kind == S_IFDIR);
+        let full = self.full(rel);
+        let fix = |p: u32| {
+            let full = full.clone();
+            async move {
+                let s = FileAttributes {
+                    permissions: Some(p),
+                    ..Default::default()
+                };
+                match handle {
+                    Some(f) => f.fsetstat(s).await,
+                    None => self.sftp.setstat(&full, s).await,
+                }
+                .map_err(|e| errno(&e))
+            }
+        };
+        if let Some((got, uid, gid)) = predicted {
+            if got != perm {
+                fix(perm).await?;
+            }
+            let size = if kind == S_IFDIR { 4096 } else { 0 };
+            return Ok(attr::created(kind, perm, uid, gid, size));
+        }
+        let mut a = match handle {
+            Some(f) => f.fstat().await,
+            None => self.sftp.lstat(&full).await,
+        }
+        .map_err(|e| errno(&e))?;
+        let parent_sgid = parent_attrs
+            .as_ref()
+            .is_none_or(|p| attr::mode_of(p) & S_ISGID != 0);
+        if !parent_sgid {
+            self.creator.lock().learn(perm, &a);
+        }
+        let mode = attr::mode_of(&a);
+        let inherited = if kind == S_IFDIR { mode & S_ISGID } else { 0 };
+        if (mode & 0o777) != (perm & 0o777) || (perm & 0o7000 & !mode) != 0 {
+            let want = perm | inherited;
+            fix(want).await?;
+            a.permissions = Some((mode & S_IFMT) | want);
+        }
+        Ok(a)
+    }
+
+    pub(super) async fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<FileAttr, Errno> {
+        let (ppath, name, cpath) = self.child_of(parent, name)?;
+        let perm = mode & 0o7777;
+        if let Err(e) = self.sftp.mkdir(&self.full(&cpath), perm).await {
+            return Err(self.creation_errno(&e, &cpath).await);
+        }
+        self.nodes.lock().dir_changed(&ppath, Some(&name), None);
+        let a = self
+            .new_object_attrs(parent, &cpath, S_IFDIR, perm, None)
+            .await?;
+        let fa = self.remember(&cpath, a);
+        // A directory we just made is empty: lookups in it need not ask the server.
+        if let Some(until) = self.fresh_until()
+            && let Some(n) = self.nodes.lock().get_mut(fa.ino.0)
+        {
+            n.listing = Some((HashSet::new(), until));
+        }
+        Ok(fa)
+    }
+
+    pub(super) async fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<FileAttr, Errno> {
+        if mode & S_IFMT != S_IFREG && mode & S_IFMT != 0 {
+            // SFTP can create regular files, directories and symlinks only.
+            return Err(Errno::EPERM);
+        }
+        let (ppath, name, cpath) = self.child_of(parent, name)?;
+        let perm = mode & 0o7777;
+        let attrs = FileAttributes {
+            permissions: Some(perm),
+            ..Default::default()
+        };
+        let flags = OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE;
+        let f = match self.sftp.open(&self.full(&cpath), flags, attrs).await {
+            Ok(f) => f,
+            Err(e) => return Err(self.creation_errno(&e, &cpath).await),
+        };
+        self.nodes.lock().dir_changed(&ppath, Some(&name), None);
+        let a = self
+            .new_object_attrs(parent, &cpath, S_IFREG, perm, Some(&f))
+            .await;
+        if let Err(e) = f.close().await {
+            tracing::debug!("close after mknod: {e}");
+        }
+        Ok(self.remember(&cpath, a?))
+    }
+
+    pub(super) async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let (ppath, name, cpath) = self.child_of(parent, name)?;
+        self.removing(&ppath, &cpath);
+        let full = self.full(&cpath);
+        let removed = self.sftp.remove(&full).await;
+        self.removing(&ppath, &cpath);
+        if let Err(e) = removed {
+            return Err(self.unlink_errno(&e, &full).await);
+        }
+        let mut t = self.nodes.lock();
+        t.detach(&cpath);
+        t.dir_changed(&ppath, None, Some(&name));
+        Ok(())
+    }
+
+    pub(super) async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let (ppath, name, cpath) = self.child_of(parent, name)?;
+        let full = self.full(&cpath);
+        self.removing(&ppath, &cpath);
+        let removed = self.sftp.rmdir(&full).await;
+        self.removing(&ppath, &cpath);
+        if let Err(e) = removed {
+            return Err(self.rmdir_errno(&e, &full).await);
+        }
+        let mut t = self.nodes.lock();
+        t.detach(&cpath);
+        t.dir_changed(&ppath, None, Some(&name));
+        Ok(())
+    }
+
+    pub(super) async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<FileAttr, Errno> {
+        let (ppath, name, cpath) = self.child_of(parent, name)?;
+        let target = target.to_str().ok_or(Errno::EINVAL)?;
+        if let Err(e) = self.sftp.symlink(target, &self.full(&cpath)).await {
+            return Err(self.creation_errno(&e, &cpath).await);
+        }
+        self.nodes.lock().dir_changed(&ppath, Some(&name), None);
+        let parent_attrs = self.parent_attrs(parent);
+        // Symlink permissions are always 0777; only the owner needs predicting.
+        let predicted = self
+            .creator
+            .lock()
+            .predict(0o644, parent_attrs.as_ref(), false);
+        let a = match predicted {
+            Some((_, uid, gid)) => attr::created(S_IFLNK, 0o777, uid, gid, target.len() as u64),
+            None => self
+                .sftp
+                .lstat(&self.full(&cpath))
+                .await
+                .map_err(|e| errno(&e))?,
+        };
+        Ok(self.remember(&cpath, a))
+    }
+
+    pub(super) async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            // Atomic exchange and whiteouts have no SFTP equivalent.
+            return Err(Errno::EINVAL);
+        }
+        let (ppath, name, from) = self.child_of(parent, name)?;
+        let (npath, newname, to) = self.child_of(newparent, newname)?;
+        let (ffrom, fto) = (self.full(&from), self.full(&to));
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            match self.sftp.lstat(&fto).await {
+                Ok(_) => return Err(Errno::EEXIST),
+                Err(e) if is_enoent(&e) => {}
+                Err(e) => return Err(errno(&e)),
+            }
+        }
+        if let Err(e) = self.sftp.rename(&ffrom, &fto).await {
+            return Err(self.rename_errno(&e, &ffrom, &fto).await);
+        }
+        let mut t = self.nodes.lock();
+        t.rename(&from, &to);
+        if let Some(n) = t.node_at(&to) {
+            n.ctime_floor = Some(SystemTime::now());
+        }
+        t.dir_changed(&ppath, None, Some(&name));
+        t.dir_changed(&npath, Some(&newname), None);
+        Ok(())
+    }
+
+    pub(super) async fn link(
+        &self,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<FileAttr, Errno> {
+        let from = self.path_of(ino)?;
+        let (npath, newname, to) = self.child_of(newparent, newname)?;
+        if let Err(e) = self.sftp.hardlink(&self.full(&from), &self.full(&to)).await {
+            return Err(self.creation_errno(&e, &to).await);
+        }
+        self.touch_ctime(ino);
+        self.nodes.lock().dir_changed(&npath, Some(&newname), None);
+        let known = self.nodes.lock().get(ino).and_then(|n| n.attrs.clone());
+        let a = match known {
+            Some(a) => a,
+            None => self.stat_remote(&to).await.map_err(|e| errno(&e))?,
+        };
+        let fa = self.remember(&to, a.clone());
+        self.touch_ctime(fa.ino.0);
+        // Both names now count one more link (SFTP v3 cannot tell us; listings refresh it).
+        {
+            let mut t = self.nodes.lock();
+            let links = t.get(ino).and_then(|n| n.nlink).unwrap_or(1) + 1;
+            for i in [ino, fa.ino.0] {
+                if let Some(n) = t.get_mut(i) {
+                    n.nlink = Some(links);
+                }
+            }
+        }
+        Ok(self.file_attr(fa.ino.0, &a))
+    }
+}

@@ -1,0 +1,386 @@
+//! Open files: the handle table (which handles are open, and the I/O state the handles of one
+//! inode share), open, create, read, write, flush, fsync and release. What happens to the bytes
+//! of an open file (write-behind, read-ahead) is `file`'s.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use fuser::{Errno, FileAttr};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::Fs;
+use super::attr::{self, S_IFREG};
+use super::errno::{errno, io_errno};
+use super::file::{InodeIo, OpenFile, WRITE_BEHIND_BYTES};
+use crate::sftp::{FileAttributes, OpenFlags, StatusCode};
+
+/// The open files of a mount.
+pub(super) struct Handles {
+    table: Mutex<Table>,
+    /// Bytes of write-behind in flight, mount-wide.
+    budget: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct Table {
+    open: HashMap<u64, Arc<OpenFile>>,
+    /// Per inode with open handles: the I/O state they share.
+    inodes: HashMap<u64, InodeHandles>,
+}
+
+/// The handles of one inode: their shared I/O state and how many are open (the state goes
+/// with the last one).
+#[derive(Default)]
+struct InodeHandles {
+    io: Arc<InodeIo>,
+    open: usize,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            table: Mutex::new(Table::default()),
+            budget: Arc::new(Semaphore::new(WRITE_BEHIND_BYTES)),
+        }
+    }
+}
+
+impl Handles {
+    pub fn get(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
+        self.table.lock().open.get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The I/O state of `ino`, if it has open handles.
+    pub fn io_of(&self, ino: u64) -> Option<Arc<InodeIo>> {
+        self.table
+            .lock()
+            .inodes
+            .get(&ino)
+            .map(|h| Arc::clone(&h.io))
+    }
+
+    /// An open handle of `ino` still in use, to defer attribute changes to. A handle that was
+    /// flushed and not written since is most likely closed already: the kernel sends RELEASE
+    /// some time after close(2) returns, and a utimensat by path made after close(2) must reach
+    /// the server before it returns, not with that late release.
+    pub fn active(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.table
+            .lock()
+            .open
+            .values()
+            .find(|of| of.ino == ino && !of.flushed())
+            .cloned()
+    }
+
+    /// Every open handle of `ino`.
+    pub fn of_inode(&self, ino: u64) -> Vec<Arc<OpenFile>> {
+        self.table
+            .lock()
+            .open
+            .values()
+            .filter(|of| of.ino == ino)
+            .cloned()
+            .collect()
+    }
+
+    /// Inodes with writes in flight: the server's size for them is behind ours.
+    pub fn busy_inodes(&self) -> HashSet<u64> {
+        self.table
+            .lock()
+            .inodes
+            .iter()
+            .filter(|(_, h)| h.io.has_pending())
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
+    fn register(&self, fh: u64, ino: u64, make: impl FnOnce(Arc<InodeIo>) -> OpenFile) {
+        let mut table = self.table.lock();
+        let entry = table.inodes.entry(ino).or_default();
+        entry.open += 1;
+        let of = make(Arc::clone(&entry.io));
+        table.open.insert(fh, Arc::new(of));
+    }
+
+    fn unregister(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        let mut table = self.table.lock();
+        let of = table.open.remove(&fh)?;
+        if let Some(entry) = table.inodes.get_mut(&of.ino) {
+            entry.open -= 1;
+            if entry.open == 0 {
+                table.inodes.remove(&of.ino);
+            }
+        }
+        Some(of)
+    }
+}
+
+impl Fs {
+    pub(super) fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
+        self.handles.get(fh)
+    }
+
+    pub(super) fn io_of(&self, ino: u64) -> Option<Arc<InodeIo>> {
+        self.handles.io_of(ino)
+    }
+
+    pub(super) fn active_handle(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.handles.active(ino)
+    }
+
+    /// Lets queued writes and deferred metadata of `ino` reach the server before its
+    /// attributes are read from there. A failure is kept for the next flush.
+    pub(super) async fn settle(&self, ino: u64) {
+        if let Some(io) = self.io_of(ino)
+            && io.has_pending()
+            && let Err(e) = io.settle().await
+        {
+            io.keep_error(e);
+        }
+    }
+
+    fn register(&self, ino: u64, make: impl FnOnce(Arc<InodeIo>) -> OpenFile) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.register(fh, ino, make);
+        fh
+    }
+
+    fn unregister(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.handles.unregister(fh)
+    }
+
+    fn sftp_flags(flags: i32) -> OpenFlags {
+        let mut f = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => OpenFlags::WRITE,
+            libc::O_RDWR => OpenFlags::READ | OpenFlags::WRITE,
+            _ => OpenFlags::READ,
+        };
+        if flags & libc::O_APPEND != 0 {
+            f |= OpenFlags::APPEND;
+        }
+        if flags & libc::O_TRUNC != 0 && f.contains(OpenFlags::WRITE) {
+            f |= OpenFlags::TRUNCATE;
+        }
+        f
+    }
+
+    pub(super) async fn open(self: &Arc<Self>, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let path = self.path_of(ino)?;
+        let sflags = Self::sftp_flags(flags);
+        let truncate = sflags.contains(OpenFlags::TRUNCATE);
+        if truncate && let Some(io) = self.io_of(ino) {
+            io.settle().await.map_err(|e| errno(&e))?;
+            io.invalidate();
+        }
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY && !truncate;
+        let preloaded = if read_only {
+            self.take_preloaded(&path).await
+        } else {
+            None
+        };
+        let (f, data) = match preloaded {
+            Some((f, data)) => (f, Some(data)),
+            None => (
+                self.sftp
+                    .open(&self.full(&path), sflags, FileAttributes::default())
+                    .await
+                    .map_err(|e| errno(&e))?,
+                None,
+            ),
+        };
+        if read_only && self.caching() {
+            self.preload_next(&path, data.is_some());
+        }
+        let append = sflags.contains(OpenFlags::APPEND);
+        let size_hint = {
+            let mut t = self.nodes.lock();
+            let node = t.get_mut(ino);
+            match node {
+                Some(n) if truncate => {
+                    if let Some(a) = n.attrs.as_mut() {
+                        a.size = Some(0);
+                    }
+                    n.stale();
+                    0
+                }
+                Some(n) => n.attrs.as_ref().and_then(|a| a.size).unwrap_or(u64::MAX),
+                None => u64::MAX,
+            }
+        };
+        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append, size_hint));
+        if let Some(data) = data
+            && let Ok(of) = self.handle(fh)
+        {
+            of.preload(data);
+        }
+        if truncate && let Some(io) = self.io_of(ino) {
+            io.truncated(0);
+        }
+        if append {
+            // Appends go at the end as the server sees it (once our own queued writes have
+            // landed), not as the kernel last saw it: the file may have grown on the server.
+            let of = self.handle(fh)?;
+            of.io.drain().await;
+            match of.file.fstat().await {
+                Ok(a) => {
+                    let size = a.size.unwrap_or(0);
+                    of.io.append_from(size);
+                    of.set_size_hint(size);
+                }
+                Err(e) => {
+                    if let Some(of) = self.unregister(fh) {
+                        let _ = of.file.close().await;
+                    }
+                    return Err(errno(&e));
+                }
+            }
+        }
+        Ok(fh)
+    }
+
+    pub(super) async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let (ppath, name, cpath) = self.child_of(parent, name)?;
+        let perm = mode & 0o7777;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let mut sflags = Self::sftp_flags(flags) | OpenFlags::CREATE;
+        if exclusive {
+            sflags |= OpenFlags::EXCLUDE;
+        }
+        let attrs = FileAttributes {
+            permissions: Some(perm),
+            ..Default::default()
+        };
+        let f = match self.sftp.open(&self.full(&cpath), sflags, attrs).await {
+            Ok(f) => f,
+            Err(e) if exclusive => return Err(self.creation_errno(&e, &cpath).await),
+            Err(e) => return Err(errno(&e)),
+        };
+        self.nodes.lock().dir_changed(&ppath, Some(&name), None);
+        // Without O_EXCL the file may have existed: ask rather than predict.
+        let a = if exclusive {
+            self.new_object_attrs(parent, &cpath, S_IFREG, perm, Some(&f))
+                .await
+        } else {
+            f.fstat().await.map_err(|e| errno(&e))
+        };
+        let a = match a {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = f.close().await;
+                return Err(e);
+            }
+        };
+        let fa = self.remember(&cpath, a.clone());
+        let ino = fa.ino.0;
+        let append = sflags.contains(OpenFlags::APPEND);
+        let size = a.size.unwrap_or(0);
+        let fh = self.register(ino, |io| OpenFile::new(ino, f, io, append, size));
+        if append && let Some(io) = self.io_of(ino) {
+            io.append_from(size);
+        }
+        Ok((fa, fh))
+    }
+
+    pub(super) async fn release(&self, fh: u64) -> Result<(), Errno> {
+        let Some(of) = self.unregister(fh) else {
+            return Ok(());
+        };
+        of.stop();
+        let flushed = of.flush().await;
+        if !of.written() {
+            // Nothing was written through this handle: the server's answer to the close
+            // changes nothing, so nobody waits for it (the handle slot stays taken until then).
+            tokio::spawn(async move {
+                if let Err(e) = of.file.close().await {
+                    tracing::debug!(ino = of.ino, "close: {e}");
+                }
+            });
+            return flushed.map_err(|e| io_errno(&e));
+        }
+        let closed = of.file.close().await;
+        if let Err(e) = &flushed {
+            // Nobody is left to tell: the kernel ignores release errors.
+            tracing::warn!(
+                ino = of.ino,
+                "write failed and was not reported before close: {e}"
+            );
+        }
+        flushed.and(closed).map_err(|e| io_errno(&e))
+    }
+
+    /// Reads for the kernel, from what `of` has fetched ahead where it can.
+    pub(super) async fn read(
+        &self,
+        ino: u64,
+        of: &Arc<OpenFile>,
+        offset: u64,
+        size: u32,
+    ) -> Result<Bytes, Errno> {
+        let known = self
+            .nodes
+            .lock()
+            .get(ino)
+            .and_then(|n| n.attrs.as_ref()?.size);
+        of.read(&self.rt, offset, size, known)
+            .await
+            .map_err(|e| io_errno(&e))
+    }
+
+    /// Queues a write; answers once it is queued (write-behind), with the bytes taken.
+    pub(super) async fn write(
+        &self,
+        ino: u64,
+        of: &Arc<OpenFile>,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<u32, Errno> {
+        let len = data.len() as u64;
+        match of.write(&self.rt, &self.handles.budget, offset, data).await {
+            Ok(at) => {
+                if let Some(n) = self.nodes.lock().get_mut(ino) {
+                    // What the write does to the attributes is known: size and mtime are
+                    // updated here, so a stat right after (tar does one per file) is
+                    // answered without waiting for the write to land and asking the server.
+                    match n.attrs.as_mut() {
+                        Some(a) => {
+                            a.size = Some(a.size.unwrap_or(0).max(at + len));
+                            a.mtime = Some(attr::to_secs(SystemTime::now()));
+                        }
+                        None => n.stale(),
+                    }
+                }
+                Ok(len as u32)
+            }
+            Err(e) => Err(self.write_errno(&e).await),
+        }
+    }
+
+    /// close(2): the handle's queued writes and deferred metadata reach the server.
+    pub(super) async fn flush(&self, of: &OpenFile) -> Result<(), Errno> {
+        match of.flush().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_errno(&e).await),
+        }
+    }
+
+    pub(super) async fn fsync(&self, of: &OpenFile) -> Result<(), Errno> {
+        self.flush(of).await?;
+        match of.file.fsync().await {
+            Ok(()) => Ok(()),
+            // A server without fsync@openssh.com cannot do better than having the data.
+            Err(e) if e.is_status(StatusCode::OpUnsupported) => Ok(()),
+            Err(e) => Err(io_errno(&e)),
+        }
+    }
+}

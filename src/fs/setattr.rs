@@ -1,0 +1,270 @@
+//! setattr: chmod, chown, truncate and utimes.
+//!
+//! SFTP v3 sets uid and gid together and atime and mtime together, so a change of one of a pair
+//! needs the current value of the other. Three shortcuts save round trips: a change to what the
+//! file already has is answered at once (tar and `cp -p` chown every file to its owner); mode
+//! and times of a file that is open and being written are deferred and sent behind its queued
+//! writes (`file::InodeIo::defer`); and the attributes after a change are computed rather than
+//! fetched when what they were is fresh. A chown the server refuses is ignored unless
+//! `strict_chown` (Docker's copy-up chowns every file it copies).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use fuser::{Errno, FileAttr, TimeOrNow};
+
+use super::Fs;
+use super::attr::{self, S_IFMT};
+use super::errno::errno;
+use super::file::{InodeIo, OpenFile};
+use crate::sftp::{Error, FileAttributes, StatusCode};
+
+/// What one setattr asks for, as the kernel sent it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Change {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+impl Change {
+    /// Forgets an ownership change to the owner the file has (`base`): also half of a pair
+    /// where the other half is not asked for.
+    fn drop_unchanged_owner(&mut self, base: &FileAttributes) {
+        if self.uid.or(base.uid) == base.uid && self.gid.or(base.gid) == base.gid {
+            self.uid = None;
+            self.gid = None;
+        }
+    }
+
+    fn nothing_left(&self) -> bool {
+        self.mode.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+            && self.uid.is_none()
+    }
+
+    /// Only mode and times: what can wait for the open file's queued writes.
+    fn deferrable(&self) -> bool {
+        self.size.is_none() && self.uid.is_none() && self.gid.is_none()
+    }
+
+    /// One of a pair without the other: its current value must be known.
+    fn needs_base(&self) -> bool {
+        self.uid.is_some() != self.gid.is_some() || self.atime.is_some() != self.mtime.is_some()
+    }
+
+    /// The mode and times part of the request, with the missing half of the times from `base`.
+    fn mode_and_times(&self, base: &FileAttributes) -> FileAttributes {
+        let mut set = FileAttributes {
+            permissions: self.mode.map(|m| m & 0o7777),
+            ..Default::default()
+        };
+        if self.atime.is_some() || self.mtime.is_some() {
+            set.atime = self.atime.map(resolve_time).or(base.atime);
+            set.mtime = self.mtime.map(resolve_time).or(base.mtime);
+        }
+        set
+    }
+}
+
+fn resolve_time(t: TimeOrNow) -> u32 {
+    match t {
+        TimeOrNow::SpecificTime(t) => attr::to_secs(t),
+        TimeOrNow::Now => attr::to_secs(SystemTime::now()),
+    }
+}
+
+/// The attributes `base` has after `set` was applied to it (what the server would answer).
+fn applied(base: &FileAttributes, set: &FileAttributes) -> FileAttributes {
+    let mut a = base.clone();
+    if let Some(s) = set.size {
+        a.size = Some(s);
+        // Truncation updates the mtime on the server.
+        a.mtime = Some(attr::to_secs(SystemTime::now()));
+    }
+    if let Some(p) = set.permissions {
+        a.permissions = Some((attr::mode_of(base) & S_IFMT) | p);
+    }
+    if set.atime.is_some() {
+        a.atime = set.atime;
+        a.mtime = set.mtime;
+    }
+    a
+}
+
+fn has_any(s: &FileAttributes) -> bool {
+    s.size.is_some()
+        || s.permissions.is_some()
+        || s.uid.is_some()
+        || s.atime.is_some()
+        || s.mtime.is_some()
+}
+
+impl Fs {
+    pub(super) async fn setattr(
+        &self,
+        ino: u64,
+        change: Change,
+        fh: Option<u64>,
+    ) -> Result<FileAttr, Errno> {
+        let (path, base, base_fresh) = {
+            let t = self.nodes.lock();
+            let node = t.get(ino).ok_or(Errno::ENOENT)?;
+            (
+                node.path.clone(),
+                node.attrs.clone(),
+                node.fresh_attrs(Instant::now()).is_some(),
+            )
+        };
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
+        if path.is_none() && handle.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        let mut change = change;
+        if base_fresh && let Some(b) = &base {
+            change.drop_unchanged_owner(b);
+            if change.nothing_left() {
+                return Ok(self.file_attr(ino, b));
+            }
+        }
+        let io = self.io_of(ino);
+        if change.deferrable()
+            && self.caching()
+            && let (Some(io), Some(base)) = (&io, &base)
+            && let Some(of) = self.active_handle(ino)
+        {
+            return Ok(self.defer(ino, &change, io, &of, base));
+        }
+        // Queued writes must not land after a truncate or overwrite the mtime we set.
+        if let Some(io) = &io {
+            io.settle().await.map_err(|e| errno(&e))?;
+            if change.size.is_some() {
+                io.invalidate();
+            }
+        }
+        let (base, base_fresh) = match base {
+            Some(b) if base_fresh || !change.needs_base() => (b, base_fresh),
+            _ if change.needs_base() => (self.fetch(path.as_deref(), handle.as_ref()).await?, true),
+            _ => (FileAttributes::default(), false),
+        };
+
+        let mut set = change.mode_and_times(&base);
+        set.size = change.size;
+        let want_uid = change.uid.or(base.uid);
+        let want_gid = change.gid.or(base.gid);
+        let chown = (change.uid.is_some() || change.gid.is_some())
+            && !(base_fresh && want_uid == base.uid && want_gid == base.gid);
+        if chown {
+            set.uid = want_uid;
+            set.gid = want_gid;
+        }
+
+        let target = Target {
+            handle: handle.as_ref(),
+            path: path.as_deref(),
+        };
+        let chown_ignored = self
+            .apply_allowing_refused_chown(&target, set.clone(), chown, ino)
+            .await?;
+        if chown_ignored {
+            set.uid = None;
+            set.gid = None;
+        }
+
+        let ids_changed = chown && !chown_ignored;
+        let new = if base_fresh && !ids_changed && self.caching() {
+            applied(&base, &set)
+        } else {
+            self.fetch(path.as_deref(), handle.as_ref()).await?
+        };
+        if let Some(s) = change.size {
+            if let Some(io) = &io {
+                io.truncated(s);
+            }
+            for of in self.handles.of_inode(ino) {
+                of.set_size_hint(s);
+            }
+        }
+        self.changed_attrs(ino, &new);
+        Ok(self.file_attr(ino, &new))
+    }
+
+    /// Queues mode and times behind the open file's writes and answers with what they will be.
+    fn defer(
+        &self,
+        ino: u64,
+        change: &Change,
+        io: &InodeIo,
+        of: &OpenFile,
+        base: &FileAttributes,
+    ) -> FileAttr {
+        let set = change.mode_and_times(base);
+        io.defer(set.clone(), Arc::clone(&of.file));
+        let a = applied(base, &set);
+        self.changed_attrs(ino, &a);
+        self.file_attr(ino, &a)
+    }
+
+    /// Sends `set`. A chown the server refuses (a login that may not give files away, the usual
+    /// case) is ignored unless `strict_chown`, and the rest is sent without it: Docker's copy-up
+    /// "chown" then succeeds and the files keep the owner the server gave them. Returns whether
+    /// the ownership change was dropped.
+    async fn apply_allowing_refused_chown(
+        &self,
+        target: &Target<'_>,
+        mut set: FileAttributes,
+        chown: bool,
+        ino: u64,
+    ) -> Result<bool, Errno> {
+        if !has_any(&set) {
+            return Ok(false);
+        }
+        let Err(e) = self.send_attrs(target, set.clone()).await else {
+            return Ok(false);
+        };
+        let refused = matches!(e.errno(), libc::EPERM | libc::EACCES);
+        if !(chown && refused && !self.strict_chown) {
+            return Err(errno(&e));
+        }
+        tracing::debug!(ino, "server refused chown; ignored (strict_chown is off)");
+        set.uid = None;
+        set.gid = None;
+        if has_any(&set) {
+            self.send_attrs(target, set).await.map_err(|e| errno(&e))?;
+        }
+        Ok(true)
+    }
+
+    /// Through the open handle when there is one (works for unlinked files and is what
+    /// ftruncate means), else by path.
+    async fn send_attrs(&self, target: &Target<'_>, set: FileAttributes) -> Result<(), Error> {
+        match (target.handle, target.path) {
+            (Some(h), _) => h.file.fsetstat(set).await,
+            (None, Some(p)) => self.sftp.setstat(&self.full(p), set).await,
+            (None, None) => Err(Error::Status {
+                code: StatusCode::NoSuchFile,
+                message: String::new(),
+            }),
+        }
+    }
+
+    /// Records attributes we changed (fresh, and ctime moved).
+    fn changed_attrs(&self, ino: u64, a: &FileAttributes) {
+        if let Some(n) = self.nodes.lock().get_mut(ino) {
+            n.attrs = Some(a.clone());
+            n.fresh_until = self.fresh_until();
+            n.ctime_floor = Some(SystemTime::now());
+        }
+    }
+}
+
+/// What a setattr is applied to: the open handle it came with, or the inode's path.
+struct Target<'a> {
+    handle: Option<&'a Arc<OpenFile>>,
+    path: Option<&'a str>,
+}
