@@ -19,7 +19,7 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_IO: usize = 64 * 1024;
 /// Bytes per packet when the server's `limits@openssh.com` allows it. Half as many requests
 /// as 64 KiB cost sftp-server a quarter less CPU per byte; 256 KiB would not do: OpenSSH caps
-/// reads at 255 KiB and russh-sftp drops the session on an incoming packet over 256 KiB.
+/// reads at 255 KiB and russh-sftp drops the channel on an incoming packet over 256 KiB.
 const LARGE_IO: usize = 128 * 1024;
 
 /// The packet size to use for reads or writes given what the server says it accepts.
