@@ -440,7 +440,7 @@ impl Driver {
             // Read under the lock on purpose: holding no clone of the Arc keeps `stop` able
             // to take the mount back by value.
             let s = m.stats();
-            st.state = if s.state == "reconnecting" {
+            st.state = if s.state == crate::sftp::LinkState::Reconnecting {
                 "reconnecting"
             } else {
                 "mounted"

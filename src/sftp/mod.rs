@@ -1,0 +1,240 @@
+//! The remote side of a mount: SFTP requests over one SSH connection, with reconnects.
+//!
+//! `Sftp` hides three limits of russh-sftp and of the network from the filesystem above it:
+//! a cap on open handles per SFTP channel (more are spread over extra channels on the same
+//! connection), a cap on the bytes one read or write packet may carry (larger calls are split
+//! and pipelined), and a dropped connection (re-established with backoff; open files are reopened
+//! by path and flags). Every call returns an [`Error`] that maps to an errno.
+//!
+//! This file holds the handle itself: connecting, the state all its clones share, and running a
+//! request on the live connection with retries. The rest, by job:
+//! - `error`: [`Error`] and the SFTP status → errno table;
+//! - `channel`: the SFTP channels of one connection and their handle permits;
+//! - `supervisor`: opening a connection and replacing it when it dies;
+//! - `ops`: requests by path (stat, listings, rename, links, ...);
+//! - `file`: [`File`], an open file with split, pipelined and striped reads and writes.
+
+mod channel;
+mod error;
+mod file;
+mod ops;
+mod supervisor;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+pub use error::Error;
+pub use file::File;
+pub use ops::{DirEntry, longname_nlink};
+pub use russh_sftp::extensions::Statvfs;
+pub use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+
+use crate::options::{MountOptions, StrictHostKeyChecking};
+use crate::ssh::ConnectError;
+use channel::{Channel, Conn};
+use error::{RawResult, from_raw, transport_error};
+use supervisor::{ConnState, establish, supervise};
+
+/// A single request that gets no answer for this long is treated as a dead link.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The state of the link to the server, as `docker volume inspect` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Connected,
+    /// The connection died; requests wait (up to `reconnect_timeout`) for a new one.
+    Reconnecting,
+    /// Unmounted.
+    Closed,
+}
+
+/// Counters and state for `docker volume inspect`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub reconnects: u64,
+    pub state: LinkState,
+    pub last_error: Option<String>,
+}
+
+/// A connected remote. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Sftp {
+    remote: Arc<Remote>,
+}
+
+/// One remote as every clone of its `Sftp` sees it: how to reach it, the connection in use,
+/// what the server supports and the counters. Dropped with the last clone, which stops the
+/// supervisor.
+struct Remote {
+    /// Options for reconnecting, with the host key pinned to the one first seen.
+    opts: MountOptions,
+    root: String,
+    fingerprint: String,
+    state: watch::Sender<ConnState>,
+    /// Callers that saw the transport fail wake the supervisor at once.
+    trouble: Arc<Notify>,
+    /// Connection attempts so far; each connection carries its number as its generation.
+    generations: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    reconnects: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    posix_rename: bool,
+    /// Bytes per READ and per WRITE packet, from the latest connection.
+    read_len: AtomicUsize,
+    write_len: AtomicUsize,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.state.send_replace(ConnState::Closed);
+    }
+}
+
+impl Sftp {
+    /// Connects, authenticates, checks the host key and resolves the remote root directory.
+    /// Fails with a message that says what to fix (wrong password, unknown host key, ...).
+    pub async fn connect(opts: &MountOptions) -> Result<Sftp, ConnectError> {
+        let (conn, features) = establish(opts, 1).await?;
+        let fingerprint = conn.ssh.host_key_fingerprint().to_string();
+        let root = ops::resolve_root(&conn, &opts.remote.path).await?;
+
+        let mut reconnect_opts = opts.clone();
+        if opts.strict_host_key_checking != StrictHostKeyChecking::No {
+            reconnect_opts.hostkey = Some(fingerprint.clone());
+        }
+        reconnect_opts.learn_host_keys = false;
+        let (state, _) = watch::channel(ConnState::Up(Arc::new(conn)));
+        let remote = Arc::new(Remote {
+            opts: reconnect_opts,
+            root,
+            fingerprint,
+            state,
+            trouble: Arc::new(Notify::new()),
+            generations: AtomicU64::new(1),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            posix_rename: features.posix_rename,
+            read_len: AtomicUsize::new(features.read_len),
+            write_len: AtomicUsize::new(features.write_len),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&remote)));
+        Ok(Sftp { remote })
+    }
+
+    /// The generation of the connection in use, if it is up.
+    fn live_generation(&self) -> Option<u64> {
+        match &*self.remote.state.borrow() {
+            ConnState::Up(c) if !c.ssh.is_closed() => Some(c.generation),
+            _ => None,
+        }
+    }
+
+    /// The absolute remote directory this mount shows as its root (no trailing slash unless `/`).
+    pub fn root(&self) -> &str {
+        &self.remote.root
+    }
+
+    /// The SHA256 fingerprint of the server's host key, as pinned.
+    pub fn host_key_fingerprint(&self) -> &str {
+        &self.remote.fingerprint
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = match &*self.remote.state.borrow() {
+            ConnState::Up(c) if !c.ssh.is_closed() => LinkState::Connected,
+            ConnState::Up(_) | ConnState::Down => LinkState::Reconnecting,
+            ConnState::Closed => LinkState::Closed,
+        };
+        Stats {
+            bytes_read: self.remote.bytes_read.load(Ordering::Relaxed),
+            bytes_written: self.remote.bytes_written.load(Ordering::Relaxed),
+            reconnects: self.remote.reconnects.load(Ordering::Relaxed),
+            state,
+            last_error: self.remote.last_error.lock().clone(),
+        }
+    }
+
+    /// The live connection, waiting for a reconnect until `deadline`.
+    async fn conn(&self, deadline: Instant) -> Result<Arc<Conn>, Error> {
+        let mut rx = self.remote.state.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                ConnState::Up(c) if !c.ssh.is_closed() => return Ok(c.clone()),
+                ConnState::Up(_) => self.remote.trouble.notify_one(),
+                ConnState::Down => {}
+                ConnState::Closed => {
+                    return Err(Error::Disconnected("the volume was unmounted".into()));
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(Error::Disconnected("the volume was unmounted".into())),
+                Err(_) => {
+                    let why = self.remote.last_error.lock().clone();
+                    return Err(Error::Disconnected(why.unwrap_or_else(|| {
+                        "the SSH server is unreachable; gave up waiting for it to come back".into()
+                    })));
+                }
+            }
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.remote.opts.reconnect_timeout
+    }
+
+    /// Runs `f` on the live connection; on a transport failure waits for the reconnect and
+    /// runs it again, until `reconnect_timeout` has passed.
+    async fn retry<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: Future<Output = RawResult<T>>,
+    {
+        let deadline = self.deadline();
+        loop {
+            let conn = self.conn(deadline).await?;
+            match f(conn.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if transport_error(&e) => {
+                    tracing::debug!(error = %e, "SFTP transport failed; waiting for reconnect");
+                    self.remote.trouble.notify_one();
+                    if Instant::now() >= deadline {
+                        return Err(from_raw(e));
+                    }
+                    // Let the supervisor see the dead transport before we look again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(from_raw(e)),
+            }
+        }
+    }
+
+    /// `retry` for a request that needs no handle: any channel will do.
+    async fn on_any_channel<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Arc<Channel>) -> Fut,
+        Fut: Future<Output = RawResult<T>>,
+    {
+        self.retry(|conn| f(conn.pick())).await
+    }
+
+    /// Closes the connection; later calls fail with `Disconnected`.
+    pub async fn disconnect(&self) {
+        let old = self.remote.state.send_replace(ConnState::Closed);
+        if let ConnState::Up(conn) = old {
+            conn.ssh.disconnect().await;
+        }
+    }
+}

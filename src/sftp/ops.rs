@@ -1,0 +1,250 @@
+//! Requests by path, which need no open file: attributes, listings, creating, removing and
+//! renaming names, links, filesystem statistics, and resolving the mount's root directory.
+//! Each runs on any channel of the live connection and is retried across reconnects.
+
+use std::sync::Arc;
+
+use russh_sftp::extensions::Statvfs;
+use russh_sftp::protocol::{FileAttributes, Packet, StatusCode};
+
+use super::Sftp;
+use super::channel::Conn;
+use super::error::{Error, RawResult};
+use crate::ssh::ConnectError;
+
+/// READDIRs sent at once: OpenSSH answers each with the next batch of up to 100 names, or EOF,
+/// so a directory of up to 300 names is read in one round trip after the OPENDIR.
+const READDIR_PIPELINE: usize = 4;
+
+/// One entry of a directory listing, with the attributes the server sent alongside.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub attrs: FileAttributes,
+    /// The link count, from the `ls -l` style long name OpenSSH sends (SFTP v3 attributes
+    /// carry none); `None` when the long name does not look like one.
+    pub nlink: Option<u32>,
+}
+
+/// The link count in an `ls -l` style line ("-rw-r--r--    2 user group ..."), the format
+/// OpenSSH's sftp-server uses for READDIR long names.
+pub fn longname_nlink(longname: &str) -> Option<u32> {
+    let mut fields = longname.split_ascii_whitespace();
+    let mode = fields.next()?;
+    let kinds = "-dlcbps";
+    let mode_like = mode.len() >= 10
+        && mode.starts_with(|c| kinds.contains(c))
+        && mode[1..10].chars().all(|c| "rwxsStT-".contains(c));
+    if !mode_like {
+        return None;
+    }
+    fields.next()?.parse().ok().filter(|n| *n >= 1)
+}
+
+fn status_ok(packet: Packet) -> RawResult<()> {
+    match packet {
+        Packet::Status(st) if st.status_code == StatusCode::Ok => Ok(()),
+        Packet::Status(st) => Err(russh_sftp::client::error::Error::Status(st)),
+        _ => Err(russh_sftp::client::error::Error::UnexpectedPacket),
+    }
+}
+
+/// SSH wire encoding of a string: u32 length, then the bytes.
+fn put_string(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+impl Sftp {
+    pub async fn lstat(&self, path: &str) -> Result<FileAttributes, Error> {
+        self.on_any_channel(|c| async move { c.raw.lstat(path).await.map(|a| a.attrs) })
+            .await
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileAttributes, Error> {
+        self.on_any_channel(|c| async move { c.raw.stat(path).await.map(|a| a.attrs) })
+            .await
+    }
+
+    pub async fn setstat(&self, path: &str, attrs: FileAttributes) -> Result<(), Error> {
+        self.on_any_channel(|c| {
+            let attrs = attrs.clone();
+            async move { c.raw.setstat(path, attrs).await.map(drop) }
+        })
+        .await
+    }
+
+    /// The whole listing (without `.` and `..`), in server order: OPENDIR, then READDIRs
+    /// pipelined `READDIR_PIPELINE` at a time; the CLOSE is not waited for.
+    pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        self.retry(|conn| async move {
+            let (channel, permit) = conn.permit().await?;
+            let handle = channel.raw.opendir(path).await?.handle;
+            let mut entries = Vec::new();
+            let result = 'listing: loop {
+                // join_all polls in order, so the requests go out (and are answered) in order.
+                let batch = futures::future::join_all(
+                    (0..READDIR_PIPELINE).map(|_| channel.raw.readdir(handle.as_str())),
+                )
+                .await;
+                for r in batch {
+                    match r {
+                        Ok(name) => entries.extend(
+                            name.files
+                                .into_iter()
+                                .filter(|f| f.filename != "." && f.filename != "..")
+                                .map(|f| DirEntry {
+                                    nlink: longname_nlink(&f.longname),
+                                    name: f.filename,
+                                    attrs: f.attrs,
+                                }),
+                        ),
+                        Err(russh_sftp::client::error::Error::Status(st))
+                            if st.status_code == StatusCode::Eof =>
+                        {
+                            break 'listing Ok(entries);
+                        }
+                        Err(e) => break 'listing Err(e),
+                    }
+                }
+            };
+            // Nobody needs the answer to the CLOSE: send it in the background. The handle
+            // permit is held until the server has answered, so the server never holds more
+            // handles than we count.
+            let closing = Arc::clone(&channel);
+            tokio::spawn(async move {
+                let _ = closing.raw.close(handle).await;
+                drop(permit);
+            });
+            result
+        })
+        .await
+    }
+
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), Error> {
+        self.on_any_channel(|c| async move {
+            let attrs = FileAttributes {
+                permissions: Some(mode & 0o7777),
+                ..FileAttributes::empty()
+            };
+            c.raw.mkdir(path, attrs).await.map(drop)
+        })
+        .await
+    }
+
+    pub async fn rmdir(&self, path: &str) -> Result<(), Error> {
+        self.on_any_channel(|c| async move { c.raw.rmdir(path).await.map(drop) })
+            .await
+    }
+
+    pub async fn remove(&self, path: &str) -> Result<(), Error> {
+        self.on_any_channel(|c| async move { c.raw.remove(path).await.map(drop) })
+            .await
+    }
+
+    /// Renames, replacing `to` if it exists (posix-rename@openssh.com).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        if !self.remote.posix_rename {
+            return self
+                .on_any_channel(|c| async move { c.raw.rename(from, to).await.map(drop) })
+                .await;
+        }
+        let mut data = Vec::with_capacity(from.len() + to.len() + 8);
+        put_string(&mut data, from);
+        put_string(&mut data, to);
+        self.on_any_channel(|c| {
+            let data = data.clone();
+            async move { status_ok(c.raw.extended("posix-rename@openssh.com", data).await?) }
+        })
+        .await
+    }
+
+    /// Creates `link` pointing at `target` (argument order handled for OpenSSH).
+    pub async fn symlink(&self, target: &str, link: &str) -> Result<(), Error> {
+        // OpenSSH takes SSH_FXP_SYMLINK's arguments reversed (its PROTOCOL §4.1): target first.
+        // russh-sftp sends its first argument first.
+        self.on_any_channel(|c| async move { c.raw.symlink(target, link).await.map(drop) })
+            .await
+    }
+
+    pub async fn readlink(&self, path: &str) -> Result<String, Error> {
+        self.on_any_channel(|c| async move {
+            let name = c.raw.readlink(path).await?;
+            name.files
+                .into_iter()
+                .next()
+                .map(|f| f.filename)
+                .ok_or(russh_sftp::client::error::Error::UnexpectedPacket)
+        })
+        .await
+    }
+
+    /// hardlink@openssh.com: `new` becomes another name for `existing`.
+    pub async fn hardlink(&self, existing: &str, new: &str) -> Result<(), Error> {
+        self.on_any_channel(|c| async move { c.raw.hardlink(existing, new).await.map(drop) })
+            .await
+    }
+
+    pub async fn statvfs(&self, path: &str) -> Result<Statvfs, Error> {
+        self.on_any_channel(|c| async move { c.raw.statvfs(path).await })
+            .await
+    }
+}
+
+/// `realpath` of the configured path, which must be a directory.
+pub(super) async fn resolve_root(conn: &Conn, path: &str) -> Result<String, ConnectError> {
+    let channel = conn.pick();
+    let shown = if path.is_empty() { "~" } else { path };
+    let remote_err = |reason: String| ConnectError::RemotePath {
+        path: shown.to_string(),
+        reason,
+    };
+    let describe = |e: russh_sftp::client::error::Error| match e {
+        russh_sftp::client::error::Error::Status(st) => match st.status_code {
+            StatusCode::NoSuchFile => "does not exist".to_string(),
+            StatusCode::PermissionDenied => "is not accessible to this user".to_string(),
+            _ => format!("cannot be opened ({})", st.error_message),
+        },
+        other => format!("cannot be checked ({other})"),
+    };
+    let target = if path.is_empty() { "." } else { path };
+    let name = channel
+        .raw
+        .realpath(target)
+        .await
+        .map_err(|e| remote_err(describe(e)))?;
+    let root = name
+        .files
+        .into_iter()
+        .next()
+        .map(|f| f.filename)
+        .ok_or_else(|| remote_err("cannot be resolved".into()))?;
+    let attrs = channel
+        .raw
+        .stat(root.as_str())
+        .await
+        .map_err(|e| remote_err(describe(e)))?
+        .attrs;
+    if !attrs.is_dir() {
+        return Err(remote_err("is not a directory".into()));
+    }
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longname_nlink;
+
+    #[test]
+    fn link_count_from_long_names() {
+        let line = "-rw-r--r--    2 user     group        12 Nov 22 00:03 orig";
+        assert_eq!(longname_nlink(line), Some(2));
+        assert_eq!(
+            longname_nlink("drwxr-sr-x   17 0 0 4096 Jan  1  2024 d"),
+            Some(17)
+        );
+        assert_eq!(longname_nlink("orig"), None);
+        assert_eq!(longname_nlink(""), None);
+        assert_eq!(longname_nlink("-rw-r--r-- x user"), None);
+    }
+}
