@@ -10,17 +10,17 @@
 //! are lazily unmounted and the counts are KEPT. Containers that were running keep a dead mount
 //! ("Transport endpoint is not connected") until they are restarted; their later Unmounts still
 //! balance the kept counts, and the next Mount of the volume (any container) mounts it afresh
-//! because nothing is live. A volume whose counts can no longer balance (its containers vanished
+//! because nothing is mount. A volume whose counts can no longer balance (its containers vanished
 //! without Unmount, e.g. dockerd was killed) stays removable: Remove only refuses while the
 //! volume is actually mounted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::mount::{self, Mounted};
 use crate::options::{self, Context, MountOptions, OptionError, StrictHostKeyChecking};
 use crate::secret::Secret;
+use crate::sftp::LinkState;
 use crate::state::{MountCounts, StateError, Store, VolumeRecord};
 
 /// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
@@ -107,8 +108,7 @@ pub struct VolumeInfo {
 pub struct Status {
     pub remote: String,
     pub port: u16,
-    /// idle, mounting, mounted, reconnecting or failed.
-    pub state: &'static str,
+    pub state: VolumeState,
     pub active_mounts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -122,14 +122,31 @@ pub struct Status {
     pub reconnects: u64,
 }
 
-/// Per-volume runtime: the async lock for state-changing calls plus what Get may read.
-struct Slot {
-    op: Arc<tokio::sync::Mutex<()>>,
-    live: Mutex<Live>,
+/// A volume's state as Status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    /// Not mounted (no container uses it), and the last mount did not fail.
+    Idle,
+    /// The first Mount is connecting.
+    Mounting,
+    Mounted,
+    /// Mounted, and the connection is being re-established.
+    Reconnecting,
+    /// The last mount or unmount failed, or the stored options are no longer valid.
+    Failed,
 }
 
+/// What the plugin holds for one volume while it runs: the lock that serialises its
+/// state-changing calls, and the mount state Get and List may read without that lock.
+struct VolumeRuntime {
+    calls: Arc<tokio::sync::Mutex<()>>,
+    mount: Mutex<MountState>,
+}
+
+/// A volume's mount, as far as this process knows.
 #[derive(Default)]
-struct Live {
+struct MountState {
     mounted: Option<Arc<Mounted>>,
     /// Watches for the mount ending on its own (external umount, fatal error).
     watcher: Option<JoinHandle<()>>,
@@ -140,7 +157,7 @@ struct Live {
     last_error: Option<(String, String)>,
 }
 
-impl Live {
+impl MountState {
     fn record_error(&mut self, msg: &str) {
         self.failed = true;
         self.last_error = Some((msg.to_string(), now_rfc3339()));
@@ -150,7 +167,7 @@ impl Live {
 pub struct Driver {
     store: Store,
     volumes_dir: PathBuf,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    volumes: Mutex<HashMap<String, Arc<VolumeRuntime>>>,
     ready_tx: watch::Sender<bool>,
 }
 
@@ -159,7 +176,7 @@ impl Driver {
         Arc::new(Driver {
             store,
             volumes_dir,
-            slots: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(HashMap::new()),
             ready_tx: watch::channel(false).0,
         })
     }
@@ -167,7 +184,7 @@ impl Driver {
     /// Slow start-up work, run after the socket listens: detach the dead FUSE mounts a previous
     /// run left behind. Mounts wait for this (it would otherwise detach their fresh mount).
     pub async fn startup(&self) {
-        if let Err(e) = create_dir_0755(&self.volumes_dir) {
+        if let Err(e) = mount::create_dir_0755(&self.volumes_dir) {
             tracing::error!(dir = %self.volumes_dir.display(), "cannot create the volumes dir: {e}");
         }
         let dir = self.volumes_dir.clone();
@@ -200,15 +217,17 @@ impl Driver {
 
     /// Unmounts everything (on SIGTERM). Counts stay in the store; see the module comment.
     pub async fn shutdown(&self) {
-        let slots: Vec<(String, Arc<Slot>)> = lock(&self.slots)
+        let volumes: Vec<(String, Arc<VolumeRuntime>)> = self
+            .volumes
+            .lock()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         // In parallel: a busy mount takes seconds to detach and dockerd kills us after 10 s.
-        let stops = slots.into_iter().map(|(name, slot)| async move {
-            let _guard = slot.op.lock().await;
+        let stops = volumes.into_iter().map(|(name, runtime)| async move {
+            let _guard = runtime.calls.lock().await;
             if let Some(rec) = self.store.get(&name).ok().flatten() {
-                self.stop(&name, &slot, &self.mountpoint(&rec)).await;
+                self.stop(&name, &runtime, &self.mountpoint(&rec)).await;
             }
         });
         futures::future::join_all(stops).await;
@@ -260,14 +279,14 @@ impl Driver {
     /// is removed (rmdir, which cannot delete anything inside a live mount).
     pub async fn remove(&self, name: &str) -> Result<(), DriverError> {
         validate_name(name)?;
-        let (slot, _guard) = self.lock_volume(name).await;
+        let (runtime, _guard) = self.lock_volume(name).await;
         let Some(rec) = self.store.get(name)? else {
             // Answering an error here would make the volume impossible to remove in Docker.
             tracing::info!(volume = %name, "Remove of a volume the plugin does not know: nothing to do");
-            self.forget(name, &slot);
+            self.forget(name, &runtime);
             return Ok(());
         };
-        if lock(&slot.live).mounted.is_some() {
+        if runtime.mount.lock().mounted.is_some() {
             return Err(DriverError::InUse {
                 name: name.to_string(),
                 count: rec.mounts.total(),
@@ -289,7 +308,7 @@ impl Driver {
                 tracing::warn!(path = %mp.display(), "left the mount directory in place: {e}")
             }
         }
-        self.forget(name, &slot);
+        self.forget(name, &runtime);
         Ok(())
     }
 
@@ -298,26 +317,26 @@ impl Driver {
         validate_name(name)?;
         // Start-up detaches every mount under the volumes dir; never race it.
         let _ = self.ready_tx.subscribe().wait_for(|ready| *ready).await;
-        let (slot, _guard) = self.lock_volume(name).await;
+        let (runtime, _guard) = self.lock_volume(name).await;
         let Some(mut rec) = self.store.get(name)? else {
-            self.forget(name, &slot);
+            self.forget(name, &runtime);
             return Err(DriverError::NotFound(name.to_string()));
         };
         let mp = self.mountpoint(&rec);
-        if lock(&slot.live).mounted.is_some() {
+        if runtime.mount.lock().mounted.is_some() {
             rec.mounts.add(id);
             self.store.put(&rec)?;
             return Ok(mp);
         }
 
         let opts = self.effective_options(&rec)?;
-        lock(&slot.live).mounting = true;
+        runtime.mount.lock().mounting = true;
         let result = self.connect(name, &opts, &mp).await;
-        lock(&slot.live).mounting = false;
+        runtime.mount.lock().mounting = false;
         let mounted = match result {
             Ok(m) => m,
             Err(e) => {
-                lock(&slot.live).record_error(&e.to_string());
+                runtime.mount.lock().record_error(&e.to_string());
                 return Err(e);
             }
         };
@@ -333,17 +352,18 @@ impl Driver {
             if let Err(ue) = mounted.unmount().await {
                 tracing::warn!(volume = %name, "unmount after a state error failed: {ue}");
             }
-            lock(&slot.live).record_error(&e.to_string());
+            runtime.mount.lock().record_error(&e.to_string());
             return Err(e.into());
         }
 
         let mounted = Arc::new(mounted);
         {
-            let mut live = lock(&slot.live);
-            live.generation += 1;
-            live.failed = false;
-            live.watcher = Some(self.watch(name, &slot, mounted.clone(), live.generation, &mp));
-            live.mounted = Some(mounted);
+            let mut state = runtime.mount.lock();
+            state.generation += 1;
+            state.failed = false;
+            state.watcher =
+                Some(self.watch(name, &runtime, mounted.clone(), state.generation, &mp));
+            state.mounted = Some(mounted);
         }
         tracing::info!(volume = %name, mountpoint = %mp.display(), "mounted");
         Ok(mp)
@@ -352,9 +372,9 @@ impl Driver {
     /// Uncounts the mount; the last one unmounts (lazily) and disconnects.
     pub async fn unmount(&self, name: &str, id: &str) -> Result<(), DriverError> {
         validate_name(name)?;
-        let (slot, _guard) = self.lock_volume(name).await;
+        let (runtime, _guard) = self.lock_volume(name).await;
         let Some(mut rec) = self.store.get(name)? else {
-            self.forget(name, &slot);
+            self.forget(name, &runtime);
             return Err(DriverError::NotFound(name.to_string()));
         };
         if rec.mounts.remove(id) {
@@ -363,7 +383,7 @@ impl Driver {
             tracing::warn!(volume = %name, id = %id, "Unmount of a mount ID that is not counted: ignored");
         }
         if rec.mounts.is_empty() {
-            self.stop(name, &slot, &self.mountpoint(&rec)).await;
+            self.stop(name, &runtime, &self.mountpoint(&rec)).await;
         } else {
             tracing::debug!(volume = %name, remaining = rec.mounts.total(), "still in use");
         }
@@ -415,7 +435,7 @@ impl Driver {
         let mut st = Status {
             remote,
             port,
-            state: "idle",
+            state: VolumeState::Idle,
             active_mounts: rec.mounts.total(),
             last_error: None,
             last_error_at: None,
@@ -425,25 +445,25 @@ impl Driver {
             reconnects: 0,
         };
         if let Err(e) = &opts {
-            st.state = "failed";
+            st.state = VolumeState::Failed;
             st.last_error = Some(e.to_string());
         }
-        let Some(slot) = lock(&self.slots).get(&rec.name).cloned() else {
+        let Some(runtime) = self.volumes.lock().get(&rec.name).cloned() else {
             return st;
         };
-        let live = lock(&slot.live);
-        if let Some((msg, at)) = &live.last_error {
+        let state = runtime.mount.lock();
+        if let Some((msg, at)) = &state.last_error {
             st.last_error = Some(msg.clone());
             st.last_error_at = Some(at.clone());
         }
-        if let Some(m) = &live.mounted {
+        if let Some(m) = &state.mounted {
             // Read under the lock on purpose: holding no clone of the Arc keeps `stop` able
             // to take the mount back by value.
             let s = m.stats();
-            st.state = if s.state == crate::sftp::LinkState::Reconnecting {
-                "reconnecting"
+            st.state = if s.state == LinkState::Reconnecting {
+                VolumeState::Reconnecting
             } else {
-                "mounted"
+                VolumeState::Mounted
             };
             st.bytes_read = s.bytes_read;
             st.bytes_written = s.bytes_written;
@@ -455,10 +475,10 @@ impl Driver {
             if st.host_key.is_none() {
                 st.host_key = Some(m.host_key_fingerprint());
             }
-        } else if live.mounting {
-            st.state = "mounting";
-        } else if live.failed {
-            st.state = "failed";
+        } else if state.mounting {
+            st.state = VolumeState::Mounting;
+        } else if state.failed {
+            st.state = VolumeState::Failed;
         }
         st
     }
@@ -488,11 +508,12 @@ impl Driver {
         opts: &MountOptions,
         mp: &Path,
     ) -> Result<Mounted, DriverError> {
-        let prep =
-            prepare_mountpoint(&self.volumes_dir, mp).map_err(|e| DriverError::Mountpoint {
+        let prep = mount::prepare_mountpoint(&self.volumes_dir, mp).map_err(|e| {
+            DriverError::Mountpoint {
                 path: mp.to_path_buf(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         if prep {
             tracing::info!(volume = %name, "detached a stale mount at its mount directory");
         }
@@ -531,11 +552,11 @@ impl Driver {
 
     /// Unmounts the live mount, if any. Failures are logged and recorded, not returned: the
     /// count is already gone and dockerd cannot do anything useful with an Unmount error.
-    async fn stop(&self, name: &str, slot: &Slot, mp: &Path) {
+    async fn stop(&self, name: &str, runtime: &VolumeRuntime, mp: &Path) {
         let (mounted, watcher) = {
-            let mut live = lock(&slot.live);
-            live.generation += 1;
-            (live.mounted.take(), live.watcher.take())
+            let mut state = runtime.mount.lock();
+            state.generation += 1;
+            (state.mounted.take(), state.watcher.take())
         };
         if let Some(w) = watcher {
             w.abort();
@@ -552,7 +573,10 @@ impl Driver {
             Ok(()) => tracing::info!(volume = %name, "unmounted"),
             Err(e) => {
                 tracing::warn!(volume = %name, "unmount failed: {e}");
-                lock(&slot.live).record_error(&format!("unmount failed: {e}"));
+                runtime
+                    .mount
+                    .lock()
+                    .record_error(&format!("unmount failed: {e}"));
             }
         }
     }
@@ -562,27 +586,27 @@ impl Driver {
     fn watch(
         self: &Arc<Self>,
         name: &str,
-        slot: &Arc<Slot>,
+        runtime: &Arc<VolumeRuntime>,
         mounted: Arc<Mounted>,
         generation: u64,
         mp: &Path,
     ) -> JoinHandle<()> {
-        let (name, slot, mp) = (name.to_string(), slot.clone(), mp.to_path_buf());
+        let (name, runtime, mp) = (name.to_string(), runtime.clone(), mp.to_path_buf());
         tokio::spawn(async move {
             mounted.ended().await;
-            let _guard = slot.op.lock().await;
+            let _guard = runtime.calls.lock().await;
             let taken = {
-                let mut live = lock(&slot.live);
-                if live.generation != generation {
+                let mut state = runtime.mount.lock();
+                if state.generation != generation {
                     return;
                 }
-                live.generation += 1;
+                state.generation += 1;
                 // This task is the watcher: detach its own handle rather than abort itself.
-                live.watcher = None;
-                live.record_error(
+                state.watcher = None;
+                state.record_error(
                     "the mount ended outside the plugin; the next Mount mounts again",
                 );
-                live.mounted.take()
+                state.mounted.take()
             };
             drop(mounted);
             tracing::warn!(volume = %name, "the mount ended unexpectedly");
@@ -596,37 +620,44 @@ impl Driver {
         })
     }
 
-    /// Takes the volume's lock. Retries if the slot was replaced (the volume was removed and
-    /// re-created while we waited), so two slots can never mount the same volume.
-    async fn lock_volume(&self, name: &str) -> (Arc<Slot>, tokio::sync::OwnedMutexGuard<()>) {
+    /// Takes the volume's lock. Retries if the runtime was replaced (the volume was removed and
+    /// re-created while we waited), so two volumes can never mount the same volume.
+    async fn lock_volume(
+        &self,
+        name: &str,
+    ) -> (Arc<VolumeRuntime>, tokio::sync::OwnedMutexGuard<()>) {
         loop {
-            let slot = lock(&self.slots)
+            let runtime = self
+                .volumes
+                .lock()
                 .entry(name.to_string())
                 .or_insert_with(|| {
-                    Arc::new(Slot {
-                        op: Arc::new(tokio::sync::Mutex::new(())),
-                        live: Mutex::new(Live::default()),
+                    Arc::new(VolumeRuntime {
+                        calls: Arc::new(tokio::sync::Mutex::new(())),
+                        mount: Mutex::new(MountState::default()),
                     })
                 })
                 .clone();
-            let guard = slot.op.clone().lock_owned().await;
-            let current = lock(&self.slots)
+            let guard = runtime.calls.clone().lock_owned().await;
+            let current = self
+                .volumes
+                .lock()
                 .get(name)
-                .is_some_and(|s| Arc::ptr_eq(s, &slot));
+                .is_some_and(|s| Arc::ptr_eq(s, &runtime));
             if current {
-                return (slot, guard);
+                return (runtime, guard);
             }
         }
     }
 
-    /// Drops the slot of a volume that no longer exists (keeps the map from growing with names
+    /// Drops the runtime of a volume that no longer exists (keeps the map from growing with names
     /// that were only ever asked about).
-    fn forget(&self, name: &str, slot: &Arc<Slot>) {
-        let mut slots = lock(&self.slots);
-        if slots.get(name).is_some_and(|s| Arc::ptr_eq(s, slot))
-            && lock(&slot.live).mounted.is_none()
+    fn forget(&self, name: &str, runtime: &Arc<VolumeRuntime>) {
+        let mut volumes = self.volumes.lock();
+        if volumes.get(name).is_some_and(|s| Arc::ptr_eq(s, runtime))
+            && runtime.mount.lock().mounted.is_none()
         {
-            slots.remove(name);
+            volumes.remove(name);
         }
     }
 }
@@ -645,11 +676,6 @@ fn remote_string(o: &MountOptions) -> String {
     let mut r = o.remote.clone();
     r.user = Some(r.login("root"));
     r.to_string()
-}
-
-/// A poisoned lock only means another thread panicked mid-update of plain data; keep serving.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now_rfc3339() -> String {
@@ -714,53 +740,6 @@ pub fn mount_dir_name(name: &str) -> String {
     }
     let hash = hex::encode(Sha256::digest(name.as_bytes()));
     format!("{prefix}-{}", &hash[..32])
-}
-
-/// Creates `dir` (and parents) traversable by everyone, whatever the process umask (0077 in
-/// `serve`); an existing directory is left as it is.
-fn create_dir_0755(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-}
-
-/// Makes `mp` an empty directory we can mount on. Returns true if a stale mount had to be
-/// detached first (left by a crashed run: stat fails with ENOTCONN, or it is still a mountpoint
-/// although we hold no mount for it).
-fn prepare_mountpoint(volumes_dir: &Path, mp: &Path) -> io::Result<bool> {
-    create_dir_0755(volumes_dir)?;
-    let mut detached = false;
-    match std::fs::symlink_metadata(mp) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir(mp)?;
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            mount::lazy_unmount(mp)?;
-            detached = true;
-        }
-        Err(e) => return Err(e),
-        Ok(meta) => {
-            if !meta.is_dir() {
-                return Err(io::Error::other(
-                    "it exists and is not a directory; remove it on the host",
-                ));
-            }
-            let parent = std::fs::metadata(volumes_dir)?;
-            if meta.dev() != parent.dev() {
-                mount::lazy_unmount(mp)?;
-                detached = true;
-            }
-        }
-    }
-    // Containers may run as any user; the mounted filesystem sets its own root permissions.
-    std::fs::set_permissions(mp, std::fs::Permissions::from_mode(0o755))?;
-    Ok(detached)
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! docker-volume-sshfs: a Docker volume plugin (and a standalone `mount` command) that serves a
 //! remote directory over one SSH connection as a FUSE filesystem.
 //!
-//! Data flows one way: `protocol` (Docker's HTTP calls) -> `driver` (volume semantics) ->
-//! `state` (sled) and `mount` (FUSE lifecycle) -> `fs` (FUSE operations) -> `sftp` (remote calls)
-//! -> `ssh` (the connection itself). `options` is shared by the plugin and the command line.
+//! Data flows one way: `cmd` (the two commands) -> `protocol` (Docker's HTTP calls) -> `driver`
+//! (volume semantics) -> `state` (sled) and `mount` (mount lifecycle) -> `fs` (FUSE operations)
+//! -> `sftp` (remote calls) -> `ssh` (the connection) -> `hostkey` (which keys to trust).
+//! `options` is shared by the plugin and the command line; `secret` keeps passwords out of logs.
 
+pub mod cmd;
 pub mod driver;
 pub mod fs;
 pub mod hostkey;

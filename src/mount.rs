@@ -3,15 +3,14 @@
 //! Used by both the plugin driver (one `Mounted` per mounted volume) and the `mount` command.
 
 use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::fs::{SshFs, fuse_config};
-use crate::options::{self, Context, MountOptions};
-use crate::secret::Secret;
+use crate::options::MountOptions;
 use crate::sftp::{Sftp, Stats};
 
 /// Why a mount failed. The message is shown to the user verbatim.
@@ -220,79 +219,51 @@ pub fn mountinfo_path(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
-/// The `mount` command: mounts in the foreground until SIGINT/SIGTERM or an external umount.
-pub fn mount_main(
-    port: Option<u16>,
-    options: &[String],
-    remote: &str,
-    mountpoint: &Path,
-) -> ExitCode {
-    let mut raw: options::RawOptions = options
-        .iter()
-        .flat_map(|o| options::split_cli_options(o))
-        .collect();
-    if let Some(p) = port {
-        raw.push(("port".into(), Some(p.to_string())));
+/// Creates `dir` (and parents) traversable by everyone, whatever the process umask (0077 in
+/// `serve`); an existing directory is left as it is.
+pub fn create_dir_0755(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
     }
-    let parsed = match options::parse(&raw, Some(remote), Context::Command) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("docker-volume-sshfs: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut opts = parsed.options;
-    opts.learn_host_keys = true;
-    if parsed.wants_password_stdin {
-        let mut line = String::new();
-        if let Err(e) = std::io::stdin().read_line(&mut line) {
-            eprintln!("docker-volume-sshfs: cannot read the password from stdin: {e}");
-            return ExitCode::from(2);
-        }
-        opts.password = Some(Secret::new(line.trim_end_matches(['\r', '\n'])));
-    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
 
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("docker-volume-sshfs: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+/// Makes `mp` an empty directory we can mount on. Returns true if a stale mount had to be
+/// detached first (left by a crashed run: stat fails with ENOTCONN, or it is still a mountpoint
+/// although we hold no mount for it).
+pub fn prepare_mountpoint(volumes_dir: &Path, mp: &Path) -> io::Result<bool> {
+    create_dir_0755(volumes_dir)?;
+    let mut detached = false;
+    match std::fs::symlink_metadata(mp) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir(mp)?;
         }
-    };
-    rt.block_on(async {
-        let mounted = match mount(&opts, mountpoint).await {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("docker-volume-sshfs: {e}");
-                return ExitCode::FAILURE;
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            lazy_unmount(mp)?;
+            detached = true;
+        }
+        Err(e) => return Err(e),
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(io::Error::other(
+                    "it exists and is not a directory; remove it on the host",
+                ));
             }
-        };
-        tracing::info!(remote = %opts.remote, mountpoint = %mountpoint.display(), "mounted");
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("docker-volume-sshfs: cannot watch SIGTERM: {e}");
-                    let _ = mounted.unmount().await;
-                    return ExitCode::FAILURE;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = mounted.ended() => {
-                tracing::info!("unmounted externally");
-                return ExitCode::SUCCESS;
+            let parent = std::fs::metadata(volumes_dir)?;
+            if meta.dev() != parent.dev() {
+                lazy_unmount(mp)?;
+                detached = true;
             }
         }
-        match mounted.unmount().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("docker-volume-sshfs: unmount failed: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    }
+    // Containers may run as any user; the mounted filesystem sets its own root permissions.
+    std::fs::set_permissions(mp, std::fs::Permissions::from_mode(0o755))?;
+    Ok(detached)
 }
 
 #[cfg(test)]

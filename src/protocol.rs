@@ -1,12 +1,10 @@
 //! The Docker plugin protocol: HTTP over the plugin's unix socket (Plugin.Activate and every
-//! VolumeDriver endpoint), decoded here and handed to `driver`; plus the `serve` process itself
-//! (runtime, logging, socket, start-up order, SIGTERM).
+//! VolumeDriver endpoint), its wire format decoded here and handed to `driver`, the answers
+//! encoded the way dockerd reads them. The process that serves it is `cmd::serve`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -18,164 +16,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::driver::{Driver, DriverError};
-use crate::state::Store;
-
-/// Where the plugin listens and keeps its data (defaults match the bundle's config.json).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {
-    /// Unix socket Docker dials.
-    #[arg(long, default_value = "/run/docker/plugins/sshfs.sock")]
-    pub socket: PathBuf,
-    /// Directory of the sled state database (the `state` mount).
-    #[arg(long, default_value = "/mnt/state")]
-    pub state_dir: PathBuf,
-    /// Parent of the per-volume mountpoints (the propagated mount).
-    #[arg(long, default_value = "/mnt/volumes")]
-    pub volumes_dir: PathBuf,
-}
 
 /// Requests are a name, an ID and a few options: anything bigger is not from dockerd.
 pub const MAX_BODY: usize = 1024 * 1024;
-
-/// dockerd SIGKILLs a stopping plugin after 10 s; leave time to exit cleanly.
-const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
-
-/// How long to wait for the state database at start-up: a previous instance that is still
-/// exiting holds its lock for a moment.
-const STATE_OPEN_RETRY: Duration = Duration::from_secs(6);
-
-/// Runs the plugin until SIGTERM.
-pub fn serve_main(args: ServeArgs) -> ExitCode {
-    // sled keeps creating files (snapshots, blobs) after start-up, from its own threads: a
-    // process-wide umask is the only way to keep every one of them root-only. Directories that
-    // others must traverse (mountpoints) get their mode set explicitly.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    tune_allocator();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Every FUSE session allocates a 16 MiB request buffer (fuser's). glibc raises its mmap
-/// threshold once such a block is freed, so the next ones come from a malloc arena, are zeroed
-/// (touched) there and stay resident after the unmount: up to 16 MiB per arena, RSS that only
-/// grows with mount/unmount cycles. A fixed threshold keeps big blocks mmapped, so an unmount
-/// gives them back to the kernel.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a malloc tunable; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
-}
-
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    // Listen first: dockerd dials a new plugin for only ~12.5 s. Connections wait in the
-    // backlog until the state is open, which takes milliseconds.
-    let listener = bind(&args.socket)?;
-    let store = match open_store(&args.state_dir).await {
-        Ok(s) => s,
-        Err(e) => {
-            // Exiting (rather than answering every call with this error) keeps dockerd from
-            // forgetting the volumes: it only drops a volume whose Get answers an error.
-            let _ = std::fs::remove_file(&args.socket);
-            return Err(e);
-        }
-    };
-    let driver = Driver::new(store, args.volumes_dir.clone());
-    tracing::info!(
-        socket = %args.socket.display(),
-        state = %args.state_dir.display(),
-        volumes = %args.volumes_dir.display(),
-        version = env!("CARGO_PKG_VERSION"),
-        "listening"
-    );
-    tokio::spawn({
-        let driver = driver.clone();
-        async move { driver.startup().await }
-    });
-    let app = router(driver.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("the plugin socket failed: {e}"))?;
-    tracing::info!("stopping: unmounting volumes (mount counts are kept)");
-    if tokio::time::timeout(SHUTDOWN_BUDGET, driver.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("unmounting took too long; exiting anyway (next start detaches leftovers)");
-    }
-    let _ = std::fs::remove_file(&args.socket);
-    Ok(())
-}
-
-fn bind(socket: &Path) -> Result<tokio::net::UnixListener, String> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the socket directory {}: {e}", dir.display()))?;
-    }
-    // A socket file left by a crashed run makes bind fail with EADDRINUSE.
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(format!(
-                "cannot replace the old socket {}: {e}",
-                socket.display()
-            ));
-        }
-    }
-    tokio::net::UnixListener::bind(socket)
-        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))
-}
-
-async fn open_store(dir: &Path) -> Result<Store, String> {
-    let deadline = Instant::now() + STATE_OPEN_RETRY;
-    loop {
-        let d = dir.to_path_buf();
-        let result = tokio::task::spawn_blocking(move || Store::open(&d))
-            .await
-            .map_err(|e| format!("opening the state database failed: {e}"))?;
-        match result {
-            Ok(store) => return Ok(store),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("state database not ready, retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot watch SIGTERM/SIGINT; stop the plugin with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-}
 
 /// Every path goes through one handler so that unknown endpoints, wrong bodies and oversized
 /// bodies all get the `{"Err": ...}` answer dockerd understands.

@@ -1,0 +1,89 @@
+//! The `mount` command: one remote directory mounted in the foreground with the same code the
+//! plugin uses, until SIGINT/SIGTERM or an external `umount`. Reads the password from stdin when
+//! asked (`password_stdin`), so it need not appear on the command line.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::mount;
+use crate::options::{self, Context, MountOptions};
+use crate::secret::Secret;
+
+/// The `mount` command: mounts in the foreground until SIGINT/SIGTERM or an external umount.
+/// Exit codes: 0 after a clean unmount, 2 for bad options, 1 for anything else.
+pub fn run(port: Option<u16>, options: &[String], remote: &str, mountpoint: &Path) -> ExitCode {
+    let opts = match options_from_cli(port, options, remote) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("docker-volume-sshfs: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(msg) => {
+            eprintln!("docker-volume-sshfs: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve_until_stopped(&opts, mountpoint)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("docker-volume-sshfs: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The mount options from `-p` and `-o` (and the password from stdin with `password_stdin`).
+fn options_from_cli(
+    port: Option<u16>,
+    options: &[String],
+    remote: &str,
+) -> Result<MountOptions, String> {
+    let mut raw: options::RawOptions = options
+        .iter()
+        .flat_map(|o| options::split_cli_options(o))
+        .collect();
+    if let Some(p) = port {
+        raw.push(("port".into(), Some(p.to_string())));
+    }
+    let parsed = options::parse(&raw, Some(remote), Context::Command).map_err(|e| e.to_string())?;
+    let mut opts = parsed.options;
+    // Like ssh: keys accepted for the first time are recorded in known_hosts.
+    opts.learn_host_keys = true;
+    if parsed.wants_password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        opts.password = Some(Secret::new(line.trim_end_matches(['\r', '\n'])));
+    }
+    Ok(opts)
+}
+
+/// Mounts and serves until a stop signal or an external umount, then unmounts.
+async fn serve_until_stopped(opts: &MountOptions, mountpoint: &Path) -> Result<(), String> {
+    let mounted = mount::mount(opts, mountpoint)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(remote = %opts.remote, mountpoint = %mountpoint.display(), "mounted");
+    let mut signals = match super::StopSignals::watch() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = mounted.unmount().await;
+            return Err(format!("cannot watch SIGTERM/SIGINT: {e}"));
+        }
+    };
+    tokio::select! {
+        _ = signals.received() => {}
+        _ = mounted.ended() => {
+            tracing::info!("unmounted externally");
+            return Ok(());
+        }
+    }
+    mounted
+        .unmount()
+        .await
+        .map_err(|e| format!("unmount failed: {e}"))
+}
