@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -35,6 +35,12 @@ use crate::state::{MountCounts, StateError, Store, VolumeRecord};
 /// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
 /// cleaned up by us rather than left counted after dockerd stopped waiting.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(110);
+
+/// How long an Unmount waits for a busy mount to finish before leaving it detached.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+
+/// Of the shutdown budget, the part kept for unmounting after the drain.
+const UNMOUNT_RESERVE: Duration = Duration::from_secs(2);
 
 /// Longest volume name accepted (a single path component on Linux).
 const MAX_NAME: usize = 255;
@@ -158,6 +164,13 @@ struct MountState {
 }
 
 impl MountState {
+    /// Takes the live mount and its watcher out (for unmounting), so that a late watcher never
+    /// tears down a newer mount.
+    fn take_mounted(&mut self) -> (Option<Arc<Mounted>>, Option<JoinHandle<()>>) {
+        self.generation += 1;
+        (self.mounted.take(), self.watcher.take())
+    }
+
     fn record_error(&mut self, msg: &str) {
         self.failed = true;
         self.last_error = Some((msg.to_string(), now_rfc3339()));
@@ -215,22 +228,47 @@ impl Driver {
         self.ready_tx.send_replace(true);
     }
 
-    /// Unmounts everything (on SIGTERM). Counts stay in the store; see the module comment.
-    pub async fn shutdown(&self) {
-        let volumes: Vec<(String, Arc<VolumeRuntime>)> = self
+    /// Unmounts everything on SIGTERM, by `deadline`: first the queued writes of every mount
+    /// reach the server (all mounts at once; what cannot be written in time is logged per
+    /// file), then every mount is detached. No volume's call lock is taken: a call still in
+    /// flight (a Mount stuck on a server that never answers) must not hold up the others, and
+    /// the process exits right after, which ends it. Counts stay in the store (module comment).
+    pub async fn shutdown(&self, deadline: Instant) {
+        let runtimes: Vec<(String, Arc<VolumeRuntime>)> = self
             .volumes
             .lock()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        // In parallel: a busy mount takes seconds to detach and dockerd kills us after 10 s.
-        let stops = volumes.into_iter().map(|(name, runtime)| async move {
-            let _guard = runtime.calls.lock().await;
-            if let Some(rec) = self.store.get(&name).ok().flatten() {
-                self.stop(&name, &runtime, &self.mountpoint(&rec)).await;
+        let mut mounted = Vec::new();
+        for (name, runtime) in runtimes {
+            let (m, watcher) = runtime.mount.lock().take_mounted();
+            if let Some(w) = watcher {
+                w.abort();
+            }
+            if let Some(m) = m {
+                mounted.push((name, m));
+            }
+        }
+        let drain_until = deadline
+            .checked_sub(UNMOUNT_RESERVE)
+            .filter(|t| *t > Instant::now())
+            .unwrap_or_else(Instant::now);
+        let drains = mounted.iter().map(|(name, m)| async move {
+            let left = m.drain(drain_until).await;
+            if left > 0 {
+                tracing::warn!(volume = %name, files = left, "stopping with changes not on the server");
             }
         });
-        futures::future::join_all(stops).await;
+        futures::future::join_all(drains).await;
+        let unmounts = mounted.into_iter().map(|(name, m)| async move {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match unmount_mounted(m, wait).await {
+                Ok(()) => tracing::info!(volume = %name, "unmounted"),
+                Err(e) => tracing::warn!(volume = %name, "unmount failed: {e}"),
+            }
+        });
+        futures::future::join_all(unmounts).await;
     }
 
     pub async fn create(
@@ -383,7 +421,7 @@ impl Driver {
             tracing::warn!(volume = %name, id = %id, "Unmount of a mount ID that is not counted: ignored");
         }
         if rec.mounts.is_empty() {
-            self.stop(name, &runtime, &self.mountpoint(&rec)).await;
+            self.stop(name, &runtime).await;
         } else {
             tracing::debug!(volume = %name, remaining = rec.mounts.total(), "still in use");
         }
@@ -552,24 +590,14 @@ impl Driver {
 
     /// Unmounts the live mount, if any. Failures are logged and recorded, not returned: the
     /// count is already gone and dockerd cannot do anything useful with an Unmount error.
-    async fn stop(&self, name: &str, runtime: &VolumeRuntime, mp: &Path) {
-        let (mounted, watcher) = {
-            let mut state = runtime.mount.lock();
-            state.generation += 1;
-            (state.mounted.take(), state.watcher.take())
-        };
+    async fn stop(&self, name: &str, runtime: &VolumeRuntime) {
+        let (mounted, watcher) = runtime.mount.lock().take_mounted();
         if let Some(w) = watcher {
             w.abort();
             let _ = w.await;
         }
         let Some(mounted) = mounted else { return };
-        let result = match Arc::try_unwrap(mounted) {
-            Ok(m) => m.unmount().await,
-            // Nobody else should hold it; if someone does, detach the mount and let the
-            // connection close when the last holder drops it.
-            Err(_) => mount::lazy_unmount(mp),
-        };
-        match result {
+        match unmount_mounted(mounted, UNMOUNT_WAIT).await {
             Ok(()) => tracing::info!(volume = %name, "unmounted"),
             Err(e) => {
                 tracing::warn!(volume = %name, "unmount failed: {e}");
@@ -669,6 +697,16 @@ fn options_of(rec: &VolumeRecord) -> Result<MountOptions, OptionError> {
         Context::Plugin,
     )
     .map(|p| p.options)
+}
+
+/// Unmounts a mount taken out of its volume's state, waiting up to `wait` for a busy mount.
+async fn unmount_mounted(mounted: Arc<Mounted>, wait: Duration) -> std::io::Result<()> {
+    match Arc::try_unwrap(mounted) {
+        Ok(m) => m.unmount_waiting(wait).await,
+        // Nobody else should hold it; if someone does, detach the mount and let the
+        // connection close when the last holder drops it.
+        Err(m) => mount::lazy_unmount(m.mountpoint()),
+    }
 }
 
 /// `user@host:path` with the login the plugin uses when none is given.

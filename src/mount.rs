@@ -5,11 +5,11 @@
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::fs::{SshFs, fuse_config};
+use crate::fs::{SshFs, WriteBehind, fuse_config};
 use crate::options::MountOptions;
 use crate::sftp::{Sftp, Stats};
 
@@ -26,6 +26,7 @@ pub enum MountError {
 pub struct Mounted {
     mountpoint: PathBuf,
     sftp: Sftp,
+    write_behind: WriteBehind,
     /// Becomes true when the FUSE event loop has returned (unmounted, by us or by someone else).
     ended: watch::Receiver<bool>,
 }
@@ -51,10 +52,34 @@ impl Mounted {
         let _ = rx.wait_for(|ended| *ended).await;
     }
 
+    /// Waits until `deadline` for the writes queued in this mount (and metadata deferred behind
+    /// them) to reach the server, all files at once, and logs each file that did not make it.
+    /// Returns how many did not.
+    pub async fn drain(&self, deadline: Instant) -> usize {
+        let left = self.write_behind.drain(deadline).await;
+        for u in &left {
+            let path = u.path.as_deref().unwrap_or("(unlinked while open)");
+            tracing::warn!(
+                mountpoint = %self.mountpoint.display(),
+                file = %path,
+                ino = u.ino,
+                "queued changes not on the server: {}",
+                u.problem
+            );
+        }
+        left.len()
+    }
+
     /// Unmounts (lazily, so busy mounts detach instead of failing), stops serving and
     /// disconnects. A detached mount that still has open files keeps being served until the
     /// last one is closed; the connection is closed after that.
     pub async fn unmount(self) -> io::Result<()> {
+        self.unmount_waiting(Duration::from_secs(5)).await
+    }
+
+    /// `unmount`, waiting at most `wait` for a busy mount to finish before going on in the
+    /// background.
+    pub async fn unmount_waiting(self, wait: Duration) -> io::Result<()> {
         let detached = match lazy_unmount(&self.mountpoint) {
             Ok(()) => Ok(()),
             // Not mounted any more (an external umount got there first).
@@ -62,7 +87,7 @@ impl Mounted {
             Err(e) => Err(e),
         };
         let mut ended = self.ended.clone();
-        let finished = tokio::time::timeout(Duration::from_secs(5), ended.wait_for(|e| *e))
+        let finished = tokio::time::timeout(wait, ended.wait_for(|e| *e))
             .await
             .is_ok();
         if finished {
@@ -84,6 +109,7 @@ impl Mounted {
 pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, MountError> {
     let sftp = Sftp::connect(opts).await?;
     let fs = SshFs::new(sftp.clone(), opts, tokio::runtime::Handle::current());
+    let write_behind = fs.write_behind();
     let config = fuse_config(opts);
     let path = mountpoint.to_path_buf();
     let fuse_err = |reason: String| MountError::Fuse {
@@ -115,6 +141,7 @@ pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, Mo
     Ok(Mounted {
         mountpoint: mountpoint.to_path_buf(),
         sftp,
+        write_behind,
         ended,
     })
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use crate::mount;
 use crate::options::{self, Context, MountOptions};
@@ -78,9 +79,16 @@ async fn serve_until_stopped(opts: &MountOptions, mountpoint: &Path) -> Result<(
     tokio::select! {
         _ = signals.received() => {}
         _ = mounted.ended() => {
+            // Every file was closed (released, so flushed) before the session could end.
             tracing::info!("unmounted externally");
             return Ok(());
         }
+    }
+    // Files may still be open with writes queued: they reach the server before we go (for as
+    // long as an operation would wait for a lost server), and what cannot is named.
+    let left = mounted.drain(Instant::now() + opts.reconnect_timeout).await;
+    if left > 0 {
+        tracing::warn!(files = left, "stopping with changes not on the server");
     }
     mounted
         .unmount()

@@ -3,6 +3,7 @@
 //! open the state, do the slow start-up work (detaching dead mounts) in the background, serve
 //! until SIGTERM, then unmount within dockerd's 10 s before SIGKILL.
 
+use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ pub struct ServeArgs {
     pub volumes_dir: PathBuf,
 }
 
-/// dockerd SIGKILLs a stopping plugin after 10 s; leave time to exit cleanly.
+/// dockerd SIGKILLs a stopping plugin 10 s after SIGTERM; drain and unmount within this.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
 
 /// How long to wait for the state database at start-up: a previous instance that is still
@@ -45,7 +46,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    let result = runtime.block_on(serve(args));
+    // Calls still in flight (a Mount waiting on a dead server) end here, without waiting.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -80,17 +84,35 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         async move { driver.startup().await }
     });
     let app = protocol::router(driver.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop_requested())
-        .await
-        .map_err(|e| format!("the plugin socket failed: {e}"))?;
-    tracing::info!("stopping: unmounting volumes (mount counts are kept)");
-    if tokio::time::timeout(SHUTDOWN_BUDGET, driver.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("unmounting took too long; exiting anyway (next start detaches leftovers)");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        _ = stop_requested() => {}
+        result = &mut server => {
+            let _ = std::fs::remove_file(&args.socket);
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the plugin socket failed: {e}")),
+                Err(e) => Err(format!("the plugin socket failed: {e}")),
+            };
+        }
     }
+    // Stop taking calls, but do not wait for those in flight: one Mount stuck on a server that
+    // never answers would hold up every other volume until dockerd's SIGKILL.
+    let _ = stop_tx.send(());
+    let started = Instant::now();
+    tracing::info!("stopping: draining and unmounting volumes (mount counts are kept)");
+    driver.shutdown(started + SHUTDOWN_BUDGET).await;
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "stopped: every volume drained and unmounted"
+    );
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }

@@ -152,6 +152,11 @@ impl InodeIo {
         *self.inflight.borrow() != 0 || self.deferred.lock().is_some()
     }
 
+    /// Bytes queued and not yet acknowledged by the server.
+    pub fn pending_bytes(&self) -> u64 {
+        self.ranges.lock().iter().map(|r| r.2 - r.1).sum()
+    }
+
     /// An append handle opened and the server says the file has `size` bytes (with all our
     /// queued writes landed): appends go there, or past writes queued since.
     pub fn append_from(&self, size: u64) {

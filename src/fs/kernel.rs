@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 
 use super::Fs;
 use super::namespace::Entry;
+use super::open::Undrained;
 use super::readdir::dir_attr;
 use super::setattr::Change;
 use crate::options::MountOptions;
@@ -53,6 +54,20 @@ pub fn fuse_config(opts: &MountOptions) -> fuser::Config {
     config
 }
 
+/// The mount's queued writes, seen from outside the FUSE session (see `SshFs::write_behind`).
+#[derive(Clone)]
+pub struct WriteBehind {
+    fs: Arc<Fs>,
+}
+
+impl WriteBehind {
+    /// Waits until `deadline` for every queued write and deferred metadata change to reach the
+    /// server; returns the files that did not.
+    pub async fn drain(&self, deadline: std::time::Instant) -> Vec<Undrained> {
+        self.fs.drain(deadline).await
+    }
+}
+
 /// The filesystem handed to `fuser::Session`.
 pub struct SshFs {
     fs: Arc<Fs>,
@@ -62,6 +77,14 @@ impl SshFs {
     pub fn new(sftp: Sftp, opts: &MountOptions, rt: Handle) -> SshFs {
         SshFs {
             fs: Arc::new(Fs::new(sftp, opts, rt)),
+        }
+    }
+
+    /// A handle on this mount's write-behind, kept by the owner of the mount while the
+    /// filesystem itself is moved into the FUSE session.
+    pub fn write_behind(&self) -> WriteBehind {
+        WriteBehind {
+            fs: Arc::clone(&self.fs),
         }
     }
 

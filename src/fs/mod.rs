@@ -54,7 +54,8 @@ use crate::sftp::{FileAttributes, Sftp};
 use attr::{Creator, Presentation};
 use inodes::{Inodes, child_path};
 
-pub use kernel::{SshFs, fuse_config};
+pub use kernel::{SshFs, WriteBehind, fuse_config};
+pub use open::Undrained;
 
 /// Longest file name most servers accept; longer ones fail locally with ENAMETOOLONG instead
 /// of a vague FAILURE from the server.

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use fuser::{Errno, FileAttr};
@@ -18,6 +18,15 @@ use super::attr::{self, S_IFREG};
 use super::errno::{errno, io_errno};
 use super::file::{InodeIo, OpenFile, WRITE_BEHIND_BYTES};
 use crate::sftp::{FileAttributes, OpenFlags, StatusCode};
+
+/// A file whose queued changes did not reach the server before a drain's deadline.
+#[derive(Debug, Clone)]
+pub struct Undrained {
+    pub ino: u64,
+    /// Relative to the mount root; `None` for a file unlinked while open.
+    pub path: Option<String>,
+    pub problem: String,
+}
 
 /// The open files of a mount.
 pub(super) struct Handles {
@@ -96,6 +105,17 @@ impl Handles {
             .iter()
             .filter(|(_, h)| h.io.has_pending())
             .map(|(ino, _)| *ino)
+            .collect()
+    }
+
+    /// Every inode with queued writes or deferred metadata, and its I/O state.
+    pub fn pending(&self) -> Vec<(u64, Arc<InodeIo>)> {
+        self.table
+            .lock()
+            .inodes
+            .iter()
+            .filter(|(_, h)| h.io.has_pending())
+            .map(|(ino, h)| (*ino, Arc::clone(&h.io)))
             .collect()
     }
 
@@ -317,6 +337,28 @@ impl Fs {
             );
         }
         flushed.and(closed).map_err(|e| io_errno(&e))
+    }
+
+    /// Waits, until `deadline`, for every queued write and deferred metadata change of the mount
+    /// to reach the server (all files at once), and names what did not: files whose writes were
+    /// still in flight, or failed. Used before a shutdown unmounts.
+    pub(super) async fn drain(&self, deadline: Instant) -> Vec<Undrained> {
+        let pending = self.handles.pending();
+        let settles = pending.into_iter().map(|(ino, io)| async move {
+            let outcome = tokio::time::timeout_at(deadline.into(), io.settle()).await;
+            let problem = match outcome {
+                Ok(Ok(())) => return None,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("{} bytes not yet acknowledged", io.pending_bytes()),
+            };
+            let path = self.nodes.lock().path(ino);
+            Some(Undrained { ino, path, problem })
+        });
+        futures::future::join_all(settles)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Reads for the kernel, from what `of` has fetched ahead where it can.
