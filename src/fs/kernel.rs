@@ -9,20 +9,20 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, MountOption, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    SessionACL, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
 use super::Fs;
 use super::namespace::Entry;
 use super::open::Undrained;
-use super::readdir::dir_attr;
+use super::readdir::{Listing, dir_attr};
 use super::setattr::Change;
 use crate::options::MountOptions;
 use crate::sftp::Sftp;
@@ -68,6 +68,38 @@ impl WriteBehind {
     }
 }
 
+/// The two replies a listing is sent in: names only (readdir) or names with attributes
+/// (readdirplus, which also counts kernel lookups).
+trait ListingReply: Send + 'static {
+    fn fill(&mut self, fs: &Fs, ino: u64, list: &Listing, offset: u64);
+    fn done(self);
+    fn failed(self, e: Errno);
+}
+
+impl ListingReply for ReplyDirectory {
+    fn fill(&mut self, fs: &Fs, ino: u64, list: &Listing, offset: u64) {
+        fs.fill(ino, list, offset, self);
+    }
+    fn done(self) {
+        self.ok();
+    }
+    fn failed(self, e: Errno) {
+        self.error(e);
+    }
+}
+
+impl ListingReply for ReplyDirectoryPlus {
+    fn fill(&mut self, fs: &Fs, ino: u64, list: &Listing, offset: u64) {
+        fs.fill_plus(ino, list, offset, self);
+    }
+    fn done(self) {
+        self.ok();
+    }
+    fn failed(self, e: Errno) {
+        self.error(e);
+    }
+}
+
 /// The filesystem handed to `fuser::Session`.
 pub struct SshFs {
     fs: Arc<Fs>,
@@ -86,6 +118,20 @@ impl SshFs {
         WriteBehind {
             fs: Arc::clone(&self.fs),
         }
+    }
+
+    /// readdir and readdirplus: the open directory's listing, from `offset` on.
+    fn spawn_listing<R: ListingReply>(&self, ino: u64, fh: u64, offset: u64, reply: R) {
+        self.spawn(move |fs| async move {
+            match fs.listing(ino, fh, offset).await {
+                Ok(list) => {
+                    let mut reply = reply;
+                    reply.fill(&fs, ino, &list, offset);
+                    reply.done();
+                }
+                Err(e) => reply.failed(e),
+            }
+        });
     }
 
     /// Runs `f` as a task: the FUSE loop goes straight back to reading requests.
@@ -151,10 +197,7 @@ impl Filesystem for SshFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |fs| async move {
-            match fs.getattr(ino.0, fh.map(|f| f.0)).await {
-                Ok(a) => reply.attr(&fs.ttl, &a),
-                Err(e) => reply.error(e),
-            }
+            reply_attr(reply, &fs.ttl, fs.getattr(ino.0, fh.map(|f| f.0)).await);
         });
     }
 
@@ -186,10 +229,11 @@ impl Filesystem for SshFs {
             mtime,
         };
         self.spawn(move |fs| async move {
-            match fs.setattr(ino.0, change, fh.map(|f| f.0)).await {
-                Ok(a) => reply.attr(&fs.ttl, &a),
-                Err(e) => reply.error(e),
-            }
+            reply_attr(
+                reply,
+                &fs.ttl,
+                fs.setattr(ino.0, change, fh.map(|f| f.0)).await,
+            );
         });
     }
 
@@ -215,10 +259,7 @@ impl Filesystem for SshFs {
         self.fs.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
-            match fs.mknod(parent.0, &name, mode).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            reply_entry(reply, &fs.ttl, fs.mknod(parent.0, &name, mode).await);
         });
     }
 
@@ -234,10 +275,7 @@ impl Filesystem for SshFs {
         self.fs.mutated();
         let name = name.to_owned();
         self.spawn(move |fs| async move {
-            match fs.mkdir(parent.0, &name, mode).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            reply_entry(reply, &fs.ttl, fs.mkdir(parent.0, &name, mode).await);
         });
     }
 
@@ -245,10 +283,7 @@ impl Filesystem for SshFs {
         // Not `mutated`: see `removing`.
         let name = name.to_owned();
         self.spawn(move |fs| async move {
-            match fs.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            reply_empty(reply, fs.unlink(parent.0, &name).await);
         });
     }
 
@@ -256,10 +291,7 @@ impl Filesystem for SshFs {
         // Not `mutated`: see `removing`.
         let name = name.to_owned();
         self.spawn(move |fs| async move {
-            match fs.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            reply_empty(reply, fs.rmdir(parent.0, &name).await);
         });
     }
 
@@ -275,10 +307,7 @@ impl Filesystem for SshFs {
         let name = link_name.to_owned();
         let target = target.to_owned();
         self.spawn(move |fs| async move {
-            match fs.symlink(parent.0, &name, &target).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            reply_entry(reply, &fs.ttl, fs.symlink(parent.0, &name, &target).await);
         });
     }
 
@@ -316,10 +345,7 @@ impl Filesystem for SshFs {
         self.fs.mutated();
         let newname = newname.to_owned();
         self.spawn(move |fs| async move {
-            match fs.link(ino.0, newparent.0, &newname).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            reply_entry(reply, &fs.ttl, fs.link(ino.0, newparent.0, &newname).await);
         });
     }
 
@@ -397,10 +423,7 @@ impl Filesystem for SshFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(move |fs| async move {
-            match fs.flush(&of).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            reply_empty(reply, fs.flush(&of).await);
         });
     }
 
@@ -415,10 +438,7 @@ impl Filesystem for SshFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(move |fs| async move {
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            reply_empty(reply, fs.release(fh.0).await);
         });
     }
 
@@ -435,10 +455,7 @@ impl Filesystem for SshFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(move |fs| async move {
-            match fs.fsync(&of).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            reply_empty(reply, fs.fsync(&of).await);
         });
     }
 
@@ -457,16 +474,7 @@ impl Filesystem for SshFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.listing(ino.0, fh.0, offset).await {
-                Ok(list) => {
-                    let mut reply = reply;
-                    fs.fill(ino.0, &list, offset, &mut reply);
-                    reply.ok();
-                }
-                Err(e) => reply.error(e),
-            }
-        });
+        self.spawn_listing(ino.0, fh.0, offset, reply);
     }
 
     fn readdirplus(
@@ -477,16 +485,7 @@ impl Filesystem for SshFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.listing(ino.0, fh.0, offset).await {
-                Ok(list) => {
-                    let mut reply = reply;
-                    fs.fill_plus(ino.0, &list, offset, &mut reply);
-                    reply.ok();
-                }
-                Err(e) => reply.error(e),
-            }
-        });
+        self.spawn_listing(ino.0, fh.0, offset, reply);
     }
 
     fn releasedir(
@@ -554,5 +553,26 @@ impl Filesystem for SshFs {
                 Err(e) => reply.error(e),
             }
         });
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, ttl: &Duration, r: Result<FileAttr, Errno>) {
+    match r {
+        Ok(a) => reply.entry(ttl, &a, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, ttl: &Duration, r: Result<FileAttr, Errno>) {
+    match r {
+        Ok(a) => reply.attr(ttl, &a),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
