@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use crate::mount::{self, Mounted};
 use crate::options::{self, Context, MountOptions, OptionError, StrictHostKeyChecking};
 use crate::secret::Secret;
-use crate::sftp::LinkState;
+use crate::sftp::{LinkState, Stats};
 use crate::state::{MountCounts, StateError, Store, VolumeRecord};
 
 /// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
@@ -123,9 +123,12 @@ pub struct Status {
     /// Named like the option that pins a key explicitly.
     #[serde(rename = "hostkey", skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
+    /// Totals since the plugin started, over every mount of the volume.
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub reconnects: u64,
+    /// The plugin's version (`docker-volume-sshfs --version`).
+    pub plugin_version: &'static str,
 }
 
 /// A volume's state as Status shows it.
@@ -161,14 +164,39 @@ struct MountState {
     mounting: bool,
     failed: bool,
     last_error: Option<(String, String)>,
+    /// What earlier mounts of the volume (since the plugin started) transferred.
+    earlier: Totals,
+}
+
+/// Byte and reconnect counts of a volume, summed over its mounts.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    bytes_read: u64,
+    bytes_written: u64,
+    reconnects: u64,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Stats) {
+        self.bytes_read += s.bytes_read;
+        self.bytes_written += s.bytes_written;
+        self.reconnects += s.reconnects;
+    }
 }
 
 impl MountState {
     /// Takes the live mount and its watcher out (for unmounting), so that a late watcher never
     /// tears down a newer mount.
     fn take_mounted(&mut self) -> (Option<Arc<Mounted>>, Option<JoinHandle<()>>) {
+        (self.take_mount(), self.watcher.take())
+    }
+
+    /// Takes the live mount out, keeping what it counted in the volume's totals.
+    fn take_mount(&mut self) -> Option<Arc<Mounted>> {
         self.generation += 1;
-        (self.mounted.take(), self.watcher.take())
+        let m = self.mounted.take()?;
+        self.earlier.add(&m.stats());
+        Some(m)
     }
 
     fn record_error(&mut self, msg: &str) {
@@ -481,6 +509,7 @@ impl Driver {
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
+            plugin_version: env!("CARGO_PKG_VERSION"),
         };
         if let Err(e) = &opts {
             st.state = VolumeState::Failed;
@@ -490,6 +519,7 @@ impl Driver {
             return st;
         };
         let state = runtime.mount.lock();
+        let mut totals = state.earlier;
         if let Some((msg, at)) = &state.last_error {
             st.last_error = Some(msg.clone());
             st.last_error_at = Some(at.clone());
@@ -503,9 +533,7 @@ impl Driver {
             } else {
                 VolumeState::Mounted
             };
-            st.bytes_read = s.bytes_read;
-            st.bytes_written = s.bytes_written;
-            st.reconnects = s.reconnects;
+            totals.add(&s);
             if let Some(e) = s.last_error {
                 st.last_error = Some(e);
                 st.last_error_at = None;
@@ -518,6 +546,9 @@ impl Driver {
         } else if state.failed {
             st.state = VolumeState::Failed;
         }
+        st.bytes_read = totals.bytes_read;
+        st.bytes_written = totals.bytes_written;
+        st.reconnects = totals.reconnects;
         st
     }
 
@@ -628,13 +659,12 @@ impl Driver {
                 if state.generation != generation {
                     return;
                 }
-                state.generation += 1;
                 // This task is the watcher: detach its own handle rather than abort itself.
                 state.watcher = None;
                 state.record_error(
                     "the mount ended outside the plugin; the next Mount mounts again",
                 );
-                state.mounted.take()
+                state.take_mount()
             };
             drop(mounted);
             tracing::warn!(volume = %name, "the mount ended unexpectedly");
