@@ -6,7 +6,6 @@
 
 mod e2e;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -14,8 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use e2e::{
-    DOCKER_TIMEOUT, Kind, assert_mentions, assert_not_mentions, docker, fuse_mounts_under,
-    run_cmd_env, setup, wait_until,
+    DOCKER_TIMEOUT, Kind, NewFuseMounts, assert_mentions, assert_not_mentions, docker, run_cmd_env,
+    setup, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -180,22 +179,13 @@ fn twenty_containers_in_parallel() {
         return;
     };
     let (vol, dir) = ctx.password_volume("par");
-    let results: Vec<_> = thread::scope(|s| {
-        let handles: Vec<_> = (0..20)
-            .map(|i| {
-                let ctx = &ctx;
-                let vol = vol.as_str();
-                s.spawn(move || {
-                    ctx.run(
-                        vol,
-                        &[],
-                        &format!("echo {i} > /data/c{i} && cat /data/c{i} && ls /data > /dev/null"),
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let jobs: Vec<_> = (0..20)
+        .map(|i| {
+            let script = format!("echo {i} > /data/c{i} && cat /data/c{i} && ls /data > /dev/null");
+            (vol.as_str(), script)
+        })
+        .collect();
+    let results = ctx.run_parallel(&jobs);
     let failed: Vec<_> = results
         .iter()
         .enumerate()
@@ -413,47 +403,41 @@ fn no_fuse_mount_left_after_last_container() {
     let Some(ctx) = setup("no_fuse_mount_left_after_last_container", Kind::Exclusive) else {
         return;
     };
-    let root = ctx.propagated_mount_root();
-    let before: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
-    let new_mounts = || -> Vec<String> {
-        fuse_mounts_under(&root)
-            .into_iter()
-            .filter(|m| !before.contains(m))
-            .collect()
-    };
+    let fuse = NewFuseMounts::under(ctx.propagated_mount_root());
 
     let (vol, _dir) = ctx.password_volume("leak");
     let a = ctx.start(vol.as_str());
     let b = ctx.start(vol.as_str());
-    let mounted = new_mounts();
+    let mounted = fuse.list();
     assert!(
         !mounted.is_empty(),
         "no FUSE mount under {} while two containers use the volume: the check below would prove nothing",
-        root.display()
+        fuse.root.display()
     );
     docker(&["rm", "-f", a.name.as_str()]).ok("remove first container");
     assert_eq!(
-        new_mounts(),
+        fuse.list(),
         mounted,
         "mount stays while a container still uses the volume"
     );
     b.exec("ls /data").ok("second container still reads");
     docker(&["rm", "-f", b.name.as_str()]).ok("remove last container");
-    assert!(
-        wait_until(Duration::from_secs(10), || new_mounts().is_empty()),
-        "FUSE mount left behind after the last container exited: {:?}",
-        new_mounts()
+    fuse.assert_gone_within(
+        Duration::from_secs(10),
+        "FUSE mount left behind after the last container exited",
     );
 
     // Same with `docker run --rm` and a failing command.
     let _ = ctx.run(vol.as_str(), &[], "ls /data; exit 3");
-    assert!(
-        wait_until(Duration::from_secs(10), || new_mounts().is_empty()),
-        "FUSE mount left behind after a failed container: {:?}",
-        new_mounts()
+    fuse.assert_gone_within(
+        Duration::from_secs(10),
+        "FUSE mount left behind after a failed container",
     );
-    if !before.is_empty() {
-        eprintln!("note: FUSE mounts of other volumes existed before this test: {before:?}");
+    if !fuse.before.is_empty() {
+        eprintln!(
+            "note: FUSE mounts of other volumes existed before this test: {:?}",
+            fuse.before
+        );
     }
 }
 
