@@ -13,8 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use e2e::{
-    DOCKER_TIMEOUT, Kind, NewFuseMounts, assert_mentions, assert_not_mentions, docker, run_cmd_env,
-    setup, wait_until,
+    DOCKER_TIMEOUT, Kind, NewFuseMounts, Out, assert_all, assert_mentions, assert_not_mentions,
+    docker, run_cmd_env, setup, volume_listed, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -47,13 +47,7 @@ fn write_then_read_from_second_container() {
         "rm in the container removes the file on the server"
     );
     // Docker's own view of the volume.
-    let inspect =
-        docker(&["volume", "inspect", "-f", "{{.Driver}}", vol.as_str()]).ok("volume inspect");
-    assert_mentions(
-        &inspect.stdout,
-        ctx.cfg.plugin.trim_end_matches(":latest"),
-        "volume driver",
-    );
+    ctx.assert_volume_driver(vol.as_str(), "volume driver");
 }
 
 /// vieux's CI scenario: allow_other, and a container running as nobody writes and reads.
@@ -185,19 +179,7 @@ fn twenty_containers_in_parallel() {
             (vol.as_str(), script)
         })
         .collect();
-    let results = ctx.run_parallel(&jobs);
-    let failed: Vec<_> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.success())
-        .map(|(i, r)| format!("container {i}: {:?}\n{}", r.code, r.stderr.trim()))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 20 containers failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_all(&ctx.run_parallel(&jobs), "container", Out::success);
     for i in 0..20 {
         ctx.assert_server_file(&dir, &format!("c{i}"), &format!("{i}\n"));
     }
@@ -221,9 +203,8 @@ fn volume_rm_keeps_remote_files() {
         "mkdir /data/sub && echo keep > /data/sub/me && echo top > /data/top",
     );
     ctx.rm_volume(vol.as_str()).ok("docker volume rm");
-    let ls = docker(&["volume", "ls", "-q"]).ok("volume ls");
     assert!(
-        !ls.stdout.lines().any(|l| l == vol.as_str()),
+        !volume_listed(vol.as_str()),
         "volume is gone from docker volume ls"
     );
     ctx.assert_server_file(&dir, "sub/me", "keep\n");
@@ -666,20 +647,10 @@ fn compose_driver_opts() {
     let up = compose(&["up", "--no-color", "--exit-code-from", "writer"]).ok("docker-compose up");
     assert_mentions(&up.text(), "written by compose", "compose service output");
     ctx.assert_server_file(&dir, "compose.txt", "written by compose\n");
-    let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume.as_str()])
-        .ok("inspect the compose volume");
-    assert_mentions(
-        &driver.stdout,
-        ctx.cfg.plugin.trim_end_matches(":latest"),
-        "compose volume driver",
-    );
+    ctx.assert_volume_driver(&volume, "compose volume driver");
 
     compose(&["down", "-v", "--timeout", "1"]).ok("docker-compose down -v");
-    let ls = docker(&["volume", "ls", "-q"]).ok("volume ls");
-    assert!(
-        !ls.stdout.lines().any(|l| l == volume),
-        "down -v removed the volume"
-    );
+    assert!(!volume_listed(&volume), "down -v removed the volume");
     ctx.assert_server_file(&dir, "compose.txt", "written by compose\n");
 }
 
@@ -792,13 +763,7 @@ fn swarm_service_with_volume_driver() {
             ps.stdout, ps.stderr
         );
     }
-    let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume.as_str()])
-        .ok("inspect the service's volume");
-    assert_mentions(
-        &driver.stdout,
-        ctx.cfg.plugin.trim_end_matches(":latest"),
-        "service volume driver",
-    );
+    ctx.assert_volume_driver(&volume, "service volume driver");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use e2e::{
-    Container, Kind, LABEL, NewFuseMounts, RemoveDir, assert_mentions, assert_not_mentions, docker,
-    run_cmd, setup, wait_until,
+    Container, Kind, LABEL, NewFuseMounts, RemoveDir, assert_all, assert_mentions,
+    assert_not_mentions, docker, run_cmd, setup, volume_listed, wait_until,
 };
 use faults_helpers::*;
 
@@ -359,10 +359,9 @@ fn dockerd_restart_keeps_volumes() {
     // dockerd stopped every container, the test sshd among them.
     start_sshd(&ctx.cfg);
 
-    let ls = docker(&["volume", "ls", "-q"]).ok("volume ls after the restart");
     for v in [&vol, &vol2] {
         assert!(
-            ls.stdout.lines().any(|l| l == v.as_str()),
+            volume_listed(v.as_str()),
             "{} listed after the restart",
             v.name
         );
@@ -825,19 +824,9 @@ fn load_many_mounts_no_leaks() {
             )
         })
         .collect();
-    let results = ctx.run_parallel(&jobs);
-    let failed: Vec<String> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.success() || r.stdout != "same for everyone\n")
-        .map(|(i, r)| format!("container {i}: {:?} {}", r.code, r.text().trim()))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 50 containers failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_all(&ctx.run_parallel(&jobs), "container", |r| {
+        r.success() && r.stdout == "same for everyone\n"
+    });
     for i in 0..50 {
         ctx.assert_server_file(&dir, &format!("c{i}"), &format!("{i}\n"));
     }

@@ -1,7 +1,8 @@
 //! Test harness for the real-filesystem tests: a throwaway OpenSSH server on a loopback port
-//! (own config, host key, user keys, password user) and mounts made with the built
-//! `docker-volume-sshfs mount` command, all cleaned up on drop so a failing test never leaves a
-//! running sshd or a dead FUSE mount behind.
+//! (the settings all test servers share, tests/sshd/sshd_config.common, plus its own port, host
+//! key, user keys and password user), mounts made with the built `docker-volume-sshfs mount`
+//! command, and the [`Mounted`] fixture most tests start from. All is cleaned up on drop, so a
+//! failing test never leaves a running sshd or a dead FUSE mount behind.
 //!
 //! Needs root, /dev/fuse, /usr/sbin/sshd, ssh-keygen and /usr/lib/openssh/sftp-server.
 

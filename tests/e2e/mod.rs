@@ -218,6 +218,15 @@ pub fn docker<S: AsRef<str>>(args: &[S]) -> Out {
     run_cmd("docker", args, DOCKER_TIMEOUT)
 }
 
+/// Whether `docker volume ls` lists a volume called `name`.
+pub fn volume_listed(name: &str) -> bool {
+    docker(&["volume", "ls", "-q"])
+        .ok("docker volume ls")
+        .stdout
+        .lines()
+        .any(|l| l == name)
+}
+
 /// Polls `f` every 200 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -230,6 +239,25 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Asserts that every one of `results` (say, of [`Ctx::run_parallel`]) passes `ok`; the failure
+/// message lists each one that does not, by its index, with its output.
+#[track_caller]
+pub fn assert_all(results: &[Out], what: &str, ok: impl Fn(&Out) -> bool) {
+    let failed: Vec<String> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !ok(r))
+        .map(|(i, r)| format!("{what} {i}: {:?}\n{}", r.code, r.text().trim()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed ({what}):\n{}",
+        failed.len(),
+        results.len(),
+        failed.join("\n")
+    );
 }
 
 /// Case-insensitive substring assertion with the whole text in the failure message.
@@ -501,6 +529,18 @@ impl Ctx {
             .join("plugins")
             .join(id)
             .join("propagated-mount")
+    }
+
+    /// Asserts that Docker names the plugin under test as `volume`'s driver.
+    #[track_caller]
+    pub fn assert_volume_driver(&self, volume: &str, what: &str) {
+        let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume])
+            .ok(&format!("{what}: docker volume inspect {volume}"));
+        assert_mentions(
+            &driver.stdout,
+            self.cfg.plugin.trim_end_matches(":latest"),
+            what,
+        );
     }
 
     /// `docker plugin inspect -f FORMAT <plugin under test>`.
