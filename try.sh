@@ -26,14 +26,8 @@ if ((${#need_pkgs[@]})); then
 fi
 command -v cargo >/dev/null || die "no cargo: install a Rust toolchain (https://rustup.rs) first"
 
-if docker info >/dev/null 2>&1; then
-    step "using the running Docker engine ($(docker version -f '{{.Server.Version}}'))"
-else
-    step "starting dockerd (log: /var/log/dockerd-try.log)"
-    nohup dockerd >/var/log/dockerd-try.log 2>&1 &
-    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-    docker info >/dev/null 2>&1 || die "dockerd did not start; see /var/log/dockerd-try.log"
-fi
+step "a Docker engine (started if none runs; log: /var/log/dockerd-try.log)"
+tests/docker/dockerd.sh /var/log/dockerd-try.log || die "dockerd did not start (its log above)"
 
 step "building and installing the plugin as $SSHFS_PLUGIN"
 ./build-rootfs.sh --install "$SSHFS_PLUGIN"

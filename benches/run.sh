@@ -57,12 +57,12 @@ MNTS=()
 cleanup() {
     set +e
     for m in "${MNTS[@]}"; do
-        mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+        is_mounted "$m" && umount -l "$m"
     done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     sleep 0.3
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-    for m in "${MNTS[@]}"; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
+    for m in "${MNTS[@]}"; do is_mounted "$m" && umount -l "$m"; done
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -72,7 +72,17 @@ log() { echo "[bench] $*" >&2; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-is_mounted() { awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+# is_mounted DIR: DIR is a mount point in /proc/self/mountinfo. mountinfo writes space, tab,
+# newline and backslash in paths as \ooo: escape DIR the same way and compare the raw field
+# (through ENVIRON: awk -v would decode the backslashes again). No stat(2), so a dead FUSE mount
+# counts as mounted instead of hanging or failing.
+is_mounted() {
+    local m=${1//\\/\\134}
+    m=${m// /\\040}
+    m=${m//$'\t'/\\011}
+    m=${m//$'\n'/\\012}
+    MNT=$m awk '$5 == ENVIRON["MNT"] { f = 1 } END { exit !f }' /proc/self/mountinfo
+}
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # ---- the server ----
@@ -81,21 +91,11 @@ ssh-keygen -q -t ed25519 -N '' -f "$W/hostkey"
 ssh-keygen -q -t ed25519 -N '' -f "$W/key"
 cp "$W/key.pub" "$W/authorized_keys"
 SSHD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$W/sshd_config" <<EOF
-Port $SSHD_PORT
-ListenAddress 127.0.0.1
-HostKey $W/hostkey
-PidFile $W/sshd.pid
-AuthorizedKeysFile $W/authorized_keys
-PermitRootLogin yes
-PasswordAuthentication no
-UsePAM no
-StrictModes no
-MaxStartups 200
-MaxSessions 200
-Subsystem sftp /usr/lib/openssh/sftp-server
-EOF
-/usr/sbin/sshd -D -e -f "$W/sshd_config" 2>"$W/sshd.log" &
+# The settings every test server shares, plus this one's own.
+/usr/sbin/sshd -D -e -f "$ROOT/tests/sshd/sshd_config.common" -o "Port=$SSHD_PORT" \
+    -o ListenAddress=127.0.0.1 -o "HostKey=$W/hostkey" -o "PidFile=$W/sshd.pid" \
+    -o "AuthorizedKeysFile=$W/authorized_keys" -o "Subsystem=sftp /usr/lib/openssh/sftp-server" \
+    2>"$W/sshd.log" &
 PIDS+=($!)
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$SSHD_PORT") 2>/dev/null && break
@@ -202,7 +202,8 @@ ceiling_rate() {
 # run_workloads IMPL MNT RTT PORT: every workload on one mount, results into RES.
 run_workloads() {
     local impl=$1 mnt=$2 rtt=$3 port=$4 t0 s
-    local remote=$W/data/$(basename "$mnt")
+    local remote
+    remote=$W/data/$(basename "$mnt")
 
     local rates i
     # The files to read, made on the server side now: a name the mount listed moments ago
@@ -338,7 +339,7 @@ for rtt in $RTTS; do
 done
 
 # ---- memory: 1 and $MOUNTS idle mounts at RTT 0 ----
-mem_ours_1= mem_ours_n= mem_sshfs_1= mem_sshfs_n=
+mem_ours_1="" mem_ours_n="" mem_sshfs_1="" mem_sshfs_n=""
 procs_rss() { # total VmRSS (KiB) of the given pids and their children (sshfs runs ssh)
     local total=0 p c
     for p in "$@"; do

@@ -13,13 +13,31 @@ use common::*;
 /// Options for a mount that notices a dead link quickly.
 const FAST: &str = "ServerAliveInterval=1,ServerAliveCountMax=2";
 
+/// Runs `write` in a thread while the server's established connections are dropped `drops`
+/// times, `every` apart; panics if the writer failed.
+fn write_through_drops(
+    sshd: &Sshd,
+    drops: usize,
+    every: Duration,
+    write: impl FnOnce() + Send + 'static,
+) {
+    let writer = std::thread::spawn(write);
+    for _ in 0..drops {
+        std::thread::sleep(every);
+        sshd.kill_sessions();
+    }
+    writer
+        .join()
+        .expect("the writer carried on through the drops");
+}
+
 #[test]
 fn writer_in_a_loop_survives_dropped_connections() {
     let sshd = Sshd::start();
     fs::create_dir(sshd.data.join("loop")).unwrap();
     let m = Mount::root(&sshd, "loop", FAST);
     let path = m.path("log.txt");
-    let writer = std::thread::spawn(move || {
+    write_through_drops(&sshd, 3, Duration::from_millis(700), move || {
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -32,13 +50,6 @@ fn writer_in_a_loop_survives_dropped_connections() {
         }
         f.sync_all().expect("fsync after the drops");
     });
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(700));
-        sshd.kill_sessions();
-    }
-    writer
-        .join()
-        .expect("the writer carried on through the drops");
     drop(m);
     let expected: String = (0..150).map(|i| format!("line {i}\n")).collect();
     assert_eq!(
@@ -57,7 +68,7 @@ fn a_write_spread_over_channels_survives_dropped_connections() {
     let m = Mount::root(&sshd, "", FAST);
     let path = m.path("big.bin");
     let block: Vec<u8> = (0..MIB).map(|i| (i % 253) as u8).collect();
-    let writer = std::thread::spawn(move || {
+    write_through_drops(&sshd, 2, Duration::from_millis(800), move || {
         let mut f = fs::File::create(&path).unwrap();
         for i in 0..160u32 {
             let mut b = block.clone();
@@ -68,13 +79,6 @@ fn a_write_spread_over_channels_survives_dropped_connections() {
         }
         f.sync_all().expect("fsync after the drops");
     });
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(800));
-        sshd.kill_sessions();
-    }
-    writer
-        .join()
-        .expect("the writer carried on through the drops");
     drop(m);
     let got = fs::read(sshd.data.join("big.bin")).unwrap();
     assert_eq!(got.len(), 160 * MIB);

@@ -21,44 +21,43 @@ fn errno(e: &std::io::Error) -> i32 {
 
 #[test]
 fn create_write_read_both_ways() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
+    let mnt = Mounted::root("");
 
-    fs::write(m.path("hello.txt"), b"hello through the mount\n").expect("write via mount");
+    fs::write(mnt.path("hello.txt"), b"hello through the mount\n").expect("write via mount");
     assert_eq!(
-        fs::read(sshd.data.join("hello.txt")).expect("file on the server"),
+        fs::read(mnt.server("hello.txt")).expect("file on the server"),
         b"hello through the mount\n",
         "a file written and closed through the mount must be on the server"
     );
     assert_eq!(
-        fs::read(m.path("hello.txt")).expect("read back via mount"),
+        fs::read(mnt.path("hello.txt")).expect("read back via mount"),
         b"hello through the mount\n"
     );
 
-    fs::write(sshd.data.join("from-server.txt"), b"made on the server").unwrap();
+    fs::write(mnt.server("from-server.txt"), b"made on the server").unwrap();
     assert_eq!(
-        fs::read(m.path("from-server.txt")).expect("read a server-made file via mount"),
+        fs::read(mnt.path("from-server.txt")).expect("read a server-made file via mount"),
         b"made on the server"
     );
 
-    fs::create_dir(m.path("sub")).expect("mkdir via mount");
+    fs::create_dir(mnt.path("sub")).expect("mkdir via mount");
     assert!(
-        sshd.data.join("sub").is_dir(),
+        mnt.server("sub").is_dir(),
         "mkdir must create the remote dir"
     );
-    fs::write(m.path("sub/inner"), b"x").unwrap();
-    fs::remove_file(m.path("sub/inner")).expect("unlink via mount");
+    fs::write(mnt.path("sub/inner"), b"x").unwrap();
+    fs::remove_file(mnt.path("sub/inner")).expect("unlink via mount");
     assert!(
-        !sshd.data.join("sub/inner").exists(),
+        !mnt.server("sub/inner").exists(),
         "unlink must remove the remote file"
     );
-    fs::remove_dir(m.path("sub")).expect("rmdir of an empty dir");
+    fs::remove_dir(mnt.path("sub")).expect("rmdir of an empty dir");
     assert!(
-        !sshd.data.join("sub").exists(),
+        !mnt.server("sub").exists(),
         "rmdir must remove the remote dir"
     );
     assert_eq!(
-        fs::metadata(m.path("nope"))
+        fs::metadata(mnt.path("nope"))
             .map_err(|e| e.kind())
             .unwrap_err(),
         ErrorKind::NotFound,
@@ -69,8 +68,7 @@ fn create_write_read_both_ways() {
 #[test]
 fn large_file_round_trips_byte_for_byte() {
     const SIZE: usize = 100 * 1024 * 1024 + 12345; // 100 MiB + an odd tail
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
+    let mnt = Mounted::root("");
     let scratch = TempDir::new("big");
 
     // Local file -> through the mount -> server disk.
@@ -79,37 +77,37 @@ fn large_file_round_trips_byte_for_byte() {
     let want = sha256(&src);
     {
         let mut from = File::open(&src).unwrap();
-        let mut to = File::create(m.path("up.bin")).expect("create via mount");
+        let mut to = File::create(mnt.path("up.bin")).expect("create via mount");
         let n = std::io::copy(&mut from, &mut to).expect("copy 100 MiB into the mount");
         assert_eq!(n as usize, SIZE);
         to.sync_all().expect("fsync via mount");
     }
     assert_eq!(
-        fs::metadata(sshd.data.join("up.bin")).unwrap().len() as usize,
+        fs::metadata(mnt.server("up.bin")).unwrap().len() as usize,
         SIZE,
         "server-side size after writing through the mount"
     );
     assert_eq!(
-        sha256(&sshd.data.join("up.bin")),
+        sha256(&mnt.server("up.bin")),
         want,
         "server-side sha256 differs from what was written through the mount"
     );
     assert_eq!(
-        sha256(&m.path("up.bin")),
+        sha256(&mnt.path("up.bin")),
         want,
         "reading back through the mount differs"
     );
 
     // Server disk -> read through the mount (never seen by the mount before).
-    write_random_file(&sshd.data.join("down.bin"), 7, SIZE);
-    let want = sha256(&sshd.data.join("down.bin"));
+    write_random_file(&mnt.server("down.bin"), 7, SIZE);
+    let want = sha256(&mnt.server("down.bin"));
     assert_eq!(
-        fs::metadata(m.path("down.bin")).unwrap().len() as usize,
+        fs::metadata(mnt.path("down.bin")).unwrap().len() as usize,
         SIZE,
         "size through the mount"
     );
     assert_eq!(
-        sha256(&m.path("down.bin")),
+        sha256(&mnt.path("down.bin")),
         want,
         "a server file read through the mount differs byte-wise"
     );
@@ -117,85 +115,82 @@ fn large_file_round_trips_byte_for_byte() {
 
 #[test]
 fn rename_overwrites_existing_file() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::write(m.path("a"), b"AAA").unwrap();
-    fs::write(m.path("b"), b"BB").unwrap();
-    fs::rename(m.path("a"), m.path("b")).expect("rename over an existing file must succeed");
+    let mnt = Mounted::root("");
+    fs::write(mnt.path("a"), b"AAA").unwrap();
+    fs::write(mnt.path("b"), b"BB").unwrap();
+    fs::rename(mnt.path("a"), mnt.path("b")).expect("rename over an existing file must succeed");
     assert_eq!(
-        fs::read(m.path("b")).unwrap(),
+        fs::read(mnt.path("b")).unwrap(),
         b"AAA",
         "target content via mount"
     );
-    assert!(!m.path("a").exists(), "source must be gone via mount");
+    assert!(!mnt.path("a").exists(), "source must be gone via mount");
     assert_eq!(
-        fs::read(sshd.data.join("b")).unwrap(),
+        fs::read(mnt.server("b")).unwrap(),
         b"AAA",
         "target on server"
     );
     assert!(
-        !sshd.data.join("a").exists(),
+        !mnt.server("a").exists(),
         "source must be gone on the server"
     );
 
     // Directories too, and a plain rename to a new name.
-    fs::create_dir(m.path("d1")).unwrap();
-    fs::write(m.path("d1/f"), b"in d1").unwrap();
-    fs::rename(m.path("d1"), m.path("d2")).expect("rename a directory");
-    assert_eq!(fs::read(m.path("d2/f")).unwrap(), b"in d1");
-    assert_eq!(fs::read(sshd.data.join("d2/f")).unwrap(), b"in d1");
+    fs::create_dir(mnt.path("d1")).unwrap();
+    fs::write(mnt.path("d1/f"), b"in d1").unwrap();
+    fs::rename(mnt.path("d1"), mnt.path("d2")).expect("rename a directory");
+    assert_eq!(fs::read(mnt.path("d2/f")).unwrap(), b"in d1");
+    assert_eq!(fs::read(mnt.server("d2/f")).unwrap(), b"in d1");
 }
 
 #[test]
 fn symlink_and_readlink() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::write(m.path("target.txt"), b"pointed at").unwrap();
-    std::os::unix::fs::symlink("target.txt", m.path("link")).expect("symlink via mount");
+    let mnt = Mounted::root("");
+    fs::write(mnt.path("target.txt"), b"pointed at").unwrap();
+    std::os::unix::fs::symlink("target.txt", mnt.path("link")).expect("symlink via mount");
     assert_eq!(
-        fs::read_link(m.path("link")).expect("readlink via mount"),
+        fs::read_link(mnt.path("link")).expect("readlink via mount"),
         Path::new("target.txt")
     );
     assert_eq!(
-        fs::read_link(sshd.data.join("link")).expect("the server must have a symlink"),
+        fs::read_link(mnt.server("link")).expect("the server must have a symlink"),
         Path::new("target.txt"),
         "server-side symlink target (OpenSSH takes SYMLINK arguments reversed)"
     );
     assert!(
-        fs::symlink_metadata(m.path("link"))
+        fs::symlink_metadata(mnt.path("link"))
             .unwrap()
             .file_type()
             .is_symlink(),
         "lstat via mount must report a symlink"
     );
     assert_eq!(
-        fs::read(m.path("link")).unwrap(),
+        fs::read(mnt.path("link")).unwrap(),
         b"pointed at",
         "follow via mount"
     );
 
     // A dangling absolute link made on the server reads back unchanged.
-    std::os::unix::fs::symlink("/nonexistent/abs", sshd.data.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/abs", mnt.server("dangling")).unwrap();
     assert_eq!(
-        fs::read_link(m.path("dangling")).unwrap(),
+        fs::read_link(mnt.path("dangling")).unwrap(),
         Path::new("/nonexistent/abs")
     );
 }
 
 #[test]
 fn hard_link_shares_content() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::write(m.path("orig"), b"shared bytes").unwrap();
-    fs::hard_link(m.path("orig"), m.path("alias")).expect("link() via mount");
-    assert_eq!(fs::read(m.path("alias")).unwrap(), b"shared bytes");
+    let mnt = Mounted::root("");
+    fs::write(mnt.path("orig"), b"shared bytes").unwrap();
+    fs::hard_link(mnt.path("orig"), mnt.path("alias")).expect("link() via mount");
+    assert_eq!(fs::read(mnt.path("alias")).unwrap(), b"shared bytes");
     assert_eq!(
-        fs::metadata(m.path("alias")).unwrap().nlink(),
+        fs::metadata(mnt.path("alias")).unwrap().nlink(),
         2,
         "nlink of the new name via mount"
     );
-    let so = fs::metadata(sshd.data.join("orig")).unwrap();
-    let sa = fs::metadata(sshd.data.join("alias")).unwrap();
+    let so = fs::metadata(mnt.server("orig")).unwrap();
+    let sa = fs::metadata(mnt.server("alias")).unwrap();
     assert_eq!(
         (so.ino(), so.nlink()),
         (sa.ino(), 2),
@@ -207,13 +202,13 @@ fn hard_link_shares_content() {
 /// ahead must never hide a change made through the mount, nor a different size.
 #[test]
 fn files_read_ahead_follow_changes_through_the_mount() {
-    let sshd = Sshd::start();
-    fs::create_dir(sshd.data.join("d")).unwrap();
-    for i in 0..12 {
-        fs::write(sshd.data.join(format!("d/f{i}")), format!("old {i}")).unwrap();
-    }
-    let m = Mount::root(&sshd, "", "");
-    let names: Vec<String> = fs::read_dir(m.path("d"))
+    let mnt = Mounted::prepared("", |data| {
+        fs::create_dir(data.join("d")).unwrap();
+        for i in 0..12 {
+            fs::write(data.join(format!("d/f{i}")), format!("old {i}")).unwrap();
+        }
+    });
+    let names: Vec<String> = fs::read_dir(mnt.path("d"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -221,24 +216,24 @@ fn files_read_ahead_follow_changes_through_the_mount() {
     let content = |n: &str| format!("old {}", &n[1..]).into_bytes();
     // Reading files in listing order starts reading the next ones ahead.
     for n in &names[..2] {
-        assert_eq!(fs::read(m.path("d").join(n)).unwrap(), content(n), "{n}");
+        assert_eq!(fs::read(mnt.path("d").join(n)).unwrap(), content(n), "{n}");
     }
     std::thread::sleep(Duration::from_millis(200));
-    fs::write(m.path("d").join(&names[2]), b"new, and longer").unwrap();
+    fs::write(mnt.path("d").join(&names[2]), b"new, and longer").unwrap();
     assert_eq!(
-        fs::read(m.path("d").join(&names[2])).unwrap(),
+        fs::read(mnt.path("d").join(&names[2])).unwrap(),
         b"new, and longer",
         "a file changed through the mount after it was read ahead"
     );
     for n in &names[3..] {
-        assert_eq!(fs::read(m.path("d").join(n)).unwrap(), content(n), "{n}");
+        assert_eq!(fs::read(mnt.path("d").join(n)).unwrap(), content(n), "{n}");
     }
     // Appending through an open handle: reads through another handle see it at once.
     let mut w = OpenOptions::new()
         .append(true)
-        .open(m.path("d").join(&names[0]))
+        .open(mnt.path("d").join(&names[0]))
         .unwrap();
-    let mut r = File::open(m.path("d").join(&names[0])).unwrap();
+    let mut r = File::open(mnt.path("d").join(&names[0])).unwrap();
     w.write_all(b"+").unwrap();
     w.flush().unwrap();
     let mut got = Vec::new();
@@ -250,41 +245,39 @@ fn files_read_ahead_follow_changes_through_the_mount() {
 
 #[test]
 fn rmdir_non_empty_is_enotempty() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::create_dir(m.path("full")).unwrap();
-    fs::write(m.path("full/f"), b"x").unwrap();
-    let e = fs::remove_dir(m.path("full")).expect_err("rmdir of a non-empty dir must fail");
+    let mnt = Mounted::root("");
+    fs::create_dir(mnt.path("full")).unwrap();
+    fs::write(mnt.path("full/f"), b"x").unwrap();
+    let e = fs::remove_dir(mnt.path("full")).expect_err("rmdir of a non-empty dir must fail");
     assert_eq!(errno(&e), libc::ENOTEMPTY, "rmdir of a non-empty dir: {e}");
-    assert!(sshd.data.join("full/f").exists(), "nothing may be deleted");
-    let e = fs::remove_dir(m.path("missing")).expect_err("rmdir of a missing dir");
+    assert!(mnt.server("full/f").exists(), "nothing may be deleted");
+    let e = fs::remove_dir(mnt.path("missing")).expect_err("rmdir of a missing dir");
     assert_eq!(errno(&e), libc::ENOENT, "rmdir of a missing dir: {e}");
 }
 
 #[test]
 fn truncate_shrinks_and_grows() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
+    let mnt = Mounted::root("");
     let data = pseudo_random(1, 10_000);
-    fs::write(m.path("t"), &data).unwrap();
+    fs::write(mnt.path("t"), &data).unwrap();
 
-    let f = OpenOptions::new().write(true).open(m.path("t")).unwrap();
+    let f = OpenOptions::new().write(true).open(mnt.path("t")).unwrap();
     f.set_len(100).expect("ftruncate shrink");
     drop(f);
     assert_eq!(
-        fs::metadata(m.path("t")).unwrap().len(),
+        fs::metadata(mnt.path("t")).unwrap().len(),
         100,
         "size via mount"
     );
     assert_eq!(
-        fs::read(sshd.data.join("t")).unwrap(),
+        fs::read(mnt.server("t")).unwrap(),
         &data[..100],
         "server after shrink"
     );
 
     // truncate(2) by path, growing: the new bytes read as zeros.
-    nix::unistd::truncate(&m.path("t"), 5000).expect("truncate grow");
-    let got = fs::read(m.path("t")).unwrap();
+    nix::unistd::truncate(&mnt.path("t"), 5000).expect("truncate grow");
+    let got = fs::read(mnt.path("t")).unwrap();
     assert_eq!(got.len(), 5000, "size after growing");
     assert_eq!(&got[..100], &data[..100], "kept bytes after growing");
     assert!(
@@ -292,15 +285,15 @@ fn truncate_shrinks_and_grows() {
         "grown part must be zeros"
     );
     assert_eq!(
-        fs::metadata(sshd.data.join("t")).unwrap().len(),
+        fs::metadata(mnt.server("t")).unwrap().len(),
         5000,
         "server size"
     );
 
     // O_TRUNC on open.
-    fs::write(m.path("t"), b"short").unwrap();
+    fs::write(mnt.path("t"), b"short").unwrap();
     assert_eq!(
-        fs::read(sshd.data.join("t")).unwrap(),
+        fs::read(mnt.server("t")).unwrap(),
         b"short",
         "O_TRUNC rewrite"
     );
@@ -308,81 +301,70 @@ fn truncate_shrinks_and_grows() {
 
 #[test]
 fn chmod_files_and_dirs() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::write(m.path("f"), b"x").unwrap();
+    let mnt = Mounted::root("");
+    fs::write(mnt.path("f"), b"x").unwrap();
     for mode in [0o640, 0o755, 0o600, 0o4755] {
-        fs::set_permissions(m.path("f"), fs::Permissions::from_mode(mode)).expect("chmod");
+        fs::set_permissions(mnt.path("f"), fs::Permissions::from_mode(mode)).expect("chmod");
         assert_eq!(
-            fs::metadata(m.path("f")).unwrap().mode() & 0o7777,
+            fs::metadata(mnt.path("f")).unwrap().mode() & 0o7777,
             mode,
             "mode via mount after chmod {mode:o}"
         );
         assert_eq!(
-            fs::metadata(sshd.data.join("f")).unwrap().mode() & 0o7777,
+            fs::metadata(mnt.server("f")).unwrap().mode() & 0o7777,
             mode,
             "mode on the server after chmod {mode:o}"
         );
     }
-    fs::create_dir(m.path("d")).unwrap();
-    fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::create_dir(mnt.path("d")).unwrap();
+    fs::set_permissions(mnt.path("d"), fs::Permissions::from_mode(0o711)).unwrap();
     assert_eq!(
-        fs::metadata(sshd.data.join("d")).unwrap().mode() & 0o7777,
+        fs::metadata(mnt.server("d")).unwrap().mode() & 0o7777,
         0o711
     );
-    assert!(fs::metadata(m.path("d")).unwrap().is_dir());
+    assert!(fs::metadata(mnt.path("d")).unwrap().is_dir());
 }
 
 #[test]
 fn set_mtime() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::write(m.path("f"), b"x").unwrap();
+    let mnt = Mounted::root("");
+    fs::write(mnt.path("f"), b"x").unwrap();
     let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
     // utimensat by path (no open handle).
     let ts = nix::sys::time::TimeSpec::new(1_600_000_000, 0);
     nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
-        &m.path("f"),
+        &mnt.path("f"),
         &ts,
         &ts,
         nix::sys::stat::UtimensatFlags::FollowSymlink,
     )
     .expect("utimensat via mount");
     assert_eq!(
-        fs::metadata(m.path("f")).unwrap().modified().unwrap(),
+        fs::metadata(mnt.path("f")).unwrap().modified().unwrap(),
         t,
         "mtime via mount"
     );
     assert_eq!(
-        fs::metadata(sshd.data.join("f"))
-            .unwrap()
-            .modified()
-            .unwrap(),
+        fs::metadata(mnt.server("f")).unwrap().modified().unwrap(),
         t,
         "mtime on the server"
     );
     // futimens on an open handle.
     let t2 = UNIX_EPOCH + Duration::from_secs(1_234_567_890);
-    let f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    let f = OpenOptions::new().write(true).open(mnt.path("f")).unwrap();
     f.set_times(fs::FileTimes::new().set_modified(t2).set_accessed(t2))
         .expect("futimens via mount");
     drop(f);
-    assert_eq!(fs::metadata(m.path("f")).unwrap().modified().unwrap(), t2);
+    assert_eq!(fs::metadata(mnt.path("f")).unwrap().modified().unwrap(), t2);
     assert_eq!(
-        fs::metadata(sshd.data.join("f"))
-            .unwrap()
-            .modified()
-            .unwrap(),
+        fs::metadata(mnt.server("f")).unwrap().modified().unwrap(),
         t2
     );
     // Writing afterwards moves mtime to about now.
-    fs::write(m.path("f"), b"later").unwrap();
+    fs::write(mnt.path("f"), b"later").unwrap();
     let now = SystemTime::now();
-    let mt = fs::metadata(sshd.data.join("f"))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let mt = fs::metadata(mnt.server("f")).unwrap().modified().unwrap();
     assert!(
         now.duration_since(mt).unwrap_or_default() < Duration::from_secs(60),
         "a write must update the server mtime"
@@ -394,16 +376,15 @@ fn set_mtime() {
 /// server's file keeps the explicit mtime, not the time of the last write.
 #[test]
 fn times_and_mode_set_before_close_survive_queued_writes() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
+    let mnt = Mounted::root("");
     let t = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     let data: Vec<u8> = (0..24 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     for name in ["one-handle", "two-handles"] {
-        let mut f = File::create(m.path(name)).unwrap();
+        let mut f = File::create(mnt.path(name)).unwrap();
         f.write_all(&data).unwrap();
         // A second handle's writes are on another request stream: the metadata must wait.
         let other = (name == "two-handles").then(|| {
-            let mut g = OpenOptions::new().write(true).open(m.path(name)).unwrap();
+            let mut g = OpenOptions::new().write(true).open(mnt.path(name)).unwrap();
             g.seek(SeekFrom::End(0)).unwrap();
             g.write_all(b"tail").unwrap();
             g
@@ -414,7 +395,7 @@ fn times_and_mode_set_before_close_survive_queued_writes() {
             .unwrap();
         drop(f);
         drop(other);
-        let on_server = sshd.data.join(name);
+        let on_server = mnt.server(name);
         let meta = fs::metadata(&on_server).unwrap();
         assert_eq!(meta.modified().unwrap(), t, "{name}: server mtime");
         assert_eq!(meta.mode() & 0o7777, 0o640, "{name}: server mode");
@@ -426,15 +407,14 @@ fn times_and_mode_set_before_close_survive_queued_writes() {
             fs::read(&on_server).unwrap() == want,
             "{name}: server content"
         );
-        assert_eq!(fs::metadata(m.path(name)).unwrap().modified().unwrap(), t);
+        assert_eq!(fs::metadata(mnt.path(name)).unwrap().modified().unwrap(), t);
     }
 }
 
 /// `tar -x` through the mount restores every file's content, mode and mtime.
 #[test]
 fn untar_restores_content_modes_and_times() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
+    let mnt = Mounted::root("");
     let scratch = TempDir::new("tar");
     let src = scratch.path().join("tree");
     for i in 0..60u64 {
@@ -465,12 +445,12 @@ fn untar_restores_content_modes_and_times() {
         .arg("tree"));
     run(std::process::Command::new("tar")
         .arg("-C")
-        .arg(m.path(""))
+        .arg(mnt.path(""))
         .arg("-xpf")
         .arg(&tarball));
     for i in 0..60u64 {
         let rel = format!("d{}/f{i}", i % 6);
-        let (a, b) = (src.join(&rel), sshd.data.join("tree").join(&rel));
+        let (a, b) = (src.join(&rel), mnt.server("tree").join(&rel));
         let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
         assert_eq!(
             mb.modified().unwrap(),
@@ -487,10 +467,9 @@ fn untar_restores_content_modes_and_times() {
 
 #[test]
 fn statfs_reports_server_disk() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    let ours = nix::sys::statvfs::statvfs(&m.mountpoint).expect("statvfs via mount");
-    let theirs = nix::sys::statvfs::statvfs(&sshd.data).unwrap();
+    let mnt = Mounted::root("");
+    let ours = nix::sys::statvfs::statvfs(&mnt.mount.mountpoint).expect("statvfs via mount");
+    let theirs = nix::sys::statvfs::statvfs(&mnt.sshd.data).unwrap();
     assert!(ours.blocks() > 0, "f_blocks must be non-zero");
     assert!(
         ours.block_size() > 0 && ours.fragment_size() > 0,
@@ -515,17 +494,16 @@ fn statfs_reports_server_disk() {
 
 #[test]
 fn list_500_entries_with_sizes() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::create_dir(sshd.data.join("many")).unwrap();
+    let mnt = Mounted::root("");
+    fs::create_dir(mnt.server("many")).unwrap();
     let mut want = Vec::new();
     for i in 0..500usize {
         let name = format!("entry-{i:04}-{}", "n".repeat(i % 40));
-        fs::write(sshd.data.join("many").join(&name), vec![b'z'; i * 3]).unwrap();
+        fs::write(mnt.server("many").join(&name), vec![b'z'; i * 3]).unwrap();
         want.push((name, (i * 3) as u64));
     }
     let mut got = Vec::new();
-    for e in fs::read_dir(m.path("many")).expect("readdir via mount") {
+    for e in fs::read_dir(mnt.path("many")).expect("readdir via mount") {
         let e = e.expect("readdir entry");
         let md = e.metadata().expect("lstat of a listed entry");
         assert!(md.is_file(), "{:?} must be a file", e.file_name());
@@ -538,9 +516,8 @@ fn list_500_entries_with_sizes() {
 
 #[test]
 fn three_hundred_files_open_at_once() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::create_dir(m.path("open")).unwrap();
+    let mnt = Mounted::root("");
+    fs::create_dir(mnt.path("open")).unwrap();
     let mut files: Vec<File> = (0..300)
         .map(|i| {
             OpenOptions::new()
@@ -548,7 +525,7 @@ fn three_hundred_files_open_at_once() {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(m.path(&format!("open/f{i}")))
+                .open(mnt.path(&format!("open/f{i}")))
                 .unwrap_or_else(|e| panic!("open file #{i} of 300 at once: {e}"))
         })
         .collect();
@@ -569,7 +546,7 @@ fn three_hundred_files_open_at_once() {
     }
     // A second round of 300 read-only handles while the first 300 are still open.
     let readers: Vec<File> = (0..300)
-        .map(|i| File::open(m.path(&format!("open/f{i}"))).expect("open for reading"))
+        .map(|i| File::open(mnt.path(&format!("open/f{i}"))).expect("open for reading"))
         .collect();
     for (i, mut f) in readers.into_iter().enumerate() {
         let mut s = String::new();
@@ -586,7 +563,7 @@ fn three_hundred_files_open_at_once() {
     }
     for i in 0..300 {
         assert_eq!(
-            fs::read_to_string(sshd.data.join(format!("open/f{i}"))).unwrap(),
+            fs::read_to_string(mnt.server(format!("open/f{i}"))).unwrap(),
             format!("content of file {i}\n"),
             "server copy of file #{i}"
         );
@@ -596,16 +573,15 @@ fn three_hundred_files_open_at_once() {
 #[test]
 fn parallel_readers_and_writers() {
     const WRITE: usize = 8 << 20;
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    write_random_file(&sshd.data.join("shared.bin"), 99, 16 << 20);
-    let shared_sum = sha256(&sshd.data.join("shared.bin"));
-    let shared = fs::read(sshd.data.join("shared.bin")).unwrap();
+    let mnt = Mounted::root("");
+    write_random_file(&mnt.server("shared.bin"), 99, 16 << 20);
+    let shared_sum = sha256(&mnt.server("shared.bin"));
+    let shared = fs::read(mnt.server("shared.bin")).unwrap();
 
     std::thread::scope(|s| {
         let mut handles = Vec::new();
         for w in 0..4u64 {
-            let path = m.path(&format!("w{w}.bin"));
+            let path = mnt.path(&format!("w{w}.bin"));
             handles.push(s.spawn(move || {
                 let data = pseudo_random(1000 + w, WRITE);
                 let mut f = File::create(&path).unwrap();
@@ -621,7 +597,7 @@ fn parallel_readers_and_writers() {
             }));
         }
         for r in 0..4usize {
-            let path = m.path("shared.bin");
+            let path = mnt.path("shared.bin");
             let shared = &shared;
             handles.push(s.spawn(move || {
                 for round in 0..2 {
@@ -650,13 +626,12 @@ fn parallel_readers_and_writers() {
     });
     for w in 0..4u64 {
         assert!(
-            fs::read(sshd.data.join(format!("w{w}.bin"))).unwrap()
-                == pseudo_random(1000 + w, WRITE),
+            fs::read(mnt.server(format!("w{w}.bin"))).unwrap() == pseudo_random(1000 + w, WRITE),
             "server copy of writer {w}'s file differs"
         );
     }
     assert_eq!(
-        sha256(&sshd.data.join("shared.bin")),
+        sha256(&mnt.server("shared.bin")),
         shared_sum,
         "readers must not modify"
     );
@@ -664,17 +639,16 @@ fn parallel_readers_and_writers() {
 
 #[test]
 fn o_excl_on_existing_file_is_eexist() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::write(sshd.data.join("exists"), b"keep me").unwrap();
+    let mnt = Mounted::root("");
+    fs::write(mnt.server("exists"), b"keep me").unwrap();
     let e = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(m.path("exists"))
+        .open(mnt.path("exists"))
         .expect_err("O_CREAT|O_EXCL on an existing file must fail");
     assert_eq!(errno(&e), libc::EEXIST, "O_EXCL on an existing file: {e}");
     assert_eq!(
-        fs::read(sshd.data.join("exists")).unwrap(),
+        fs::read(mnt.server("exists")).unwrap(),
         b"keep me",
         "must not truncate"
     );
@@ -682,13 +656,13 @@ fn o_excl_on_existing_file_is_eexist() {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(m.path("fresh"))
+        .open(mnt.path("fresh"))
         .expect("O_EXCL on a new name must succeed");
     f.write_all(b"new").unwrap();
     drop(f);
-    assert_eq!(fs::read(sshd.data.join("fresh")).unwrap(), b"new");
+    assert_eq!(fs::read(mnt.server("fresh")).unwrap(), b"new");
     assert_eq!(
-        fs::metadata(sshd.data.join("fresh")).unwrap().mode() & 0o777,
+        fs::metadata(mnt.server("fresh")).unwrap().mode() & 0o777,
         0o600,
         "create mode must reach the server"
     );
@@ -696,14 +670,16 @@ fn o_excl_on_existing_file_is_eexist() {
 
 #[test]
 fn o_append_always_writes_at_end() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "");
-    fs::write(m.path("log"), b"abc").unwrap();
-    let mut f = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    let mnt = Mounted::root("");
+    fs::write(mnt.path("log"), b"abc").unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(mnt.path("log"))
+        .unwrap();
     f.write_all(b"def").unwrap();
     drop(f);
     assert_eq!(
-        fs::read(sshd.data.join("log")).unwrap(),
+        fs::read(mnt.server("log")).unwrap(),
         b"abcdef",
         "first append"
     );
@@ -712,9 +688,12 @@ fn o_append_always_writes_at_end() {
     let mut a = OpenOptions::new()
         .read(true)
         .append(true)
-        .open(m.path("log"))
+        .open(mnt.path("log"))
         .unwrap();
-    let mut b = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    let mut b = OpenOptions::new()
+        .append(true)
+        .open(mnt.path("log"))
+        .unwrap();
     a.write_all(b"1").unwrap();
     a.flush().unwrap();
     a.sync_all().unwrap();
@@ -724,9 +703,13 @@ fn o_append_always_writes_at_end() {
     a.write_all(b"3").unwrap();
     drop(a);
     drop(b);
-    assert_eq!(fs::read(m.path("log")).unwrap(), b"abcdef123", "via mount");
     assert_eq!(
-        fs::read(sshd.data.join("log")).unwrap(),
+        fs::read(mnt.path("log")).unwrap(),
+        b"abcdef123",
+        "via mount"
+    );
+    assert_eq!(
+        fs::read(mnt.server("log")).unwrap(),
         b"abcdef123",
         "on the server"
     );
@@ -735,39 +718,41 @@ fn o_append_always_writes_at_end() {
     std::thread::sleep(Duration::from_millis(1100));
     fs::OpenOptions::new()
         .append(true)
-        .open(sshd.data.join("log"))
+        .open(mnt.server("log"))
         .unwrap()
         .write_all(b"S")
         .unwrap();
-    let mut c = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    let mut c = OpenOptions::new()
+        .append(true)
+        .open(mnt.path("log"))
+        .unwrap();
     c.write_all(b"M").unwrap();
     drop(c);
-    assert_eq!(fs::read(sshd.data.join("log")).unwrap(), b"abcdef123SM");
+    assert_eq!(fs::read(mnt.server("log")).unwrap(), b"abcdef123SM");
 }
 
 #[test]
 fn server_side_changes_visible_after_cache_timeout() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "cache_timeout=1");
-    fs::create_dir(sshd.data.join("d")).unwrap();
-    fs::write(sshd.data.join("d/f"), b"version one").unwrap();
-    assert_eq!(fs::read(m.path("d/f")).unwrap(), b"version one");
-    assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 1);
+    let mnt = Mounted::root("cache_timeout=1");
+    fs::create_dir(mnt.server("d")).unwrap();
+    fs::write(mnt.server("d/f"), b"version one").unwrap();
+    assert_eq!(fs::read(mnt.path("d/f")).unwrap(), b"version one");
+    assert_eq!(fs::read_dir(mnt.path("d")).unwrap().count(), 1);
 
-    fs::write(sshd.data.join("d/f"), b"version two, longer").unwrap();
-    fs::write(sshd.data.join("d/new"), b"n").unwrap();
+    fs::write(mnt.server("d/f"), b"version two, longer").unwrap();
+    fs::write(mnt.server("d/new"), b"n").unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
-        fs::metadata(m.path("d/f")).unwrap().len(),
+        fs::metadata(mnt.path("d/f")).unwrap().len(),
         19,
         "size of a file changed on the server, after the cache timeout"
     );
     assert_eq!(
-        fs::read(m.path("d/f")).unwrap(),
+        fs::read(mnt.path("d/f")).unwrap(),
         b"version two, longer",
         "content of a file changed on the server, after the cache timeout"
     );
-    let mut names: Vec<String> = fs::read_dir(m.path("d"))
+    let mut names: Vec<String> = fs::read_dir(mnt.path("d"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -778,28 +763,27 @@ fn server_side_changes_visible_after_cache_timeout() {
         "a file created on the server appears in the listing"
     );
 
-    fs::remove_file(sshd.data.join("d/new")).unwrap();
+    fs::remove_file(mnt.server("d/new")).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
-        !m.path("d/new").exists(),
+        !mnt.path("d/new").exists(),
         "a file deleted on the server must disappear after the cache timeout"
     );
 }
 
 #[test]
 fn cache_off_sees_server_changes_at_once() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "cache=no");
-    fs::write(sshd.data.join("f"), b"one").unwrap();
-    assert_eq!(fs::read(m.path("f")).unwrap(), b"one");
-    fs::write(sshd.data.join("f"), b"two!").unwrap();
+    let mnt = Mounted::root("cache=no");
+    fs::write(mnt.server("f"), b"one").unwrap();
+    assert_eq!(fs::read(mnt.path("f")).unwrap(), b"one");
+    fs::write(mnt.server("f"), b"two!").unwrap();
     assert_eq!(
-        fs::metadata(m.path("f")).unwrap().len(),
+        fs::metadata(mnt.path("f")).unwrap().len(),
         4,
         "cache=no: size at once"
     );
     assert_eq!(
-        fs::read(m.path("f")).unwrap(),
+        fs::read(mnt.path("f")).unwrap(),
         b"two!",
         "cache=no: content at once"
     );
@@ -807,28 +791,27 @@ fn cache_off_sees_server_changes_at_once() {
 
 #[test]
 fn own_changes_visible_at_once() {
-    let sshd = Sshd::start();
-    let m = Mount::root(&sshd, "", "cache_timeout=60");
-    fs::create_dir(m.path("d")).unwrap();
-    assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 0);
-    fs::write(m.path("d/a"), b"1").unwrap();
+    let mnt = Mounted::root("cache_timeout=60");
+    fs::create_dir(mnt.path("d")).unwrap();
+    assert_eq!(fs::read_dir(mnt.path("d")).unwrap().count(), 0);
+    fs::write(mnt.path("d/a"), b"1").unwrap();
     assert_eq!(
-        fs::read_dir(m.path("d")).unwrap().count(),
+        fs::read_dir(mnt.path("d")).unwrap().count(),
         1,
         "listing after create"
     );
-    fs::write(m.path("d/a"), b"123456").unwrap();
+    fs::write(mnt.path("d/a"), b"123456").unwrap();
     assert_eq!(
-        fs::metadata(m.path("d/a")).unwrap().len(),
+        fs::metadata(mnt.path("d/a")).unwrap().len(),
         6,
         "size after rewrite"
     );
-    fs::rename(m.path("d/a"), m.path("d/b")).unwrap();
-    assert!(!m.path("d/a").exists(), "old name after rename");
-    assert_eq!(fs::read(m.path("d/b")).unwrap(), b"123456");
-    fs::remove_file(m.path("d/b")).unwrap();
+    fs::rename(mnt.path("d/a"), mnt.path("d/b")).unwrap();
+    assert!(!mnt.path("d/a").exists(), "old name after rename");
+    assert_eq!(fs::read(mnt.path("d/b")).unwrap(), b"123456");
+    fs::remove_file(mnt.path("d/b")).unwrap();
     assert_eq!(
-        fs::read_dir(m.path("d")).unwrap().count(),
+        fs::read_dir(mnt.path("d")).unwrap().count(),
         0,
         "listing after unlink"
     );
@@ -838,16 +821,16 @@ fn own_changes_visible_at_once() {
 /// list each directory twice) but never shows a removed name or a stale directory.
 #[test]
 fn removals_keep_other_listings_and_show_none_of_the_removed() {
-    let sshd = Sshd::start();
-    for d in ["t/a/x", "t/b/y", "t/c"] {
-        fs::create_dir_all(sshd.data.join(d)).unwrap();
-    }
-    for f in ["t/a/1", "t/a/x/2", "t/b/3", "t/b/y/4", "t/c/5"] {
-        fs::write(sshd.data.join(f), f).unwrap();
-    }
-    let m = Mount::root(&sshd, "", "cache_timeout=60");
+    let mnt = Mounted::prepared("cache_timeout=60", |data| {
+        for d in ["t/a/x", "t/b/y", "t/c"] {
+            fs::create_dir_all(data.join(d)).unwrap();
+        }
+        for f in ["t/a/1", "t/a/x/2", "t/b/3", "t/b/y/4", "t/c/5"] {
+            fs::write(data.join(f), f).unwrap();
+        }
+    });
     let names = |d: &str| -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(m.path(d))
+        let mut v: Vec<String> = fs::read_dir(mnt.path(d))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -856,38 +839,38 @@ fn removals_keep_other_listings_and_show_none_of_the_removed() {
     };
     // Listing t starts listing a, b, c (and their subdirectories) ahead.
     assert_eq!(names("t"), ["a", "b", "c"]);
-    fs::remove_file(m.path("t/a/1")).unwrap();
-    fs::remove_file(m.path("t/a/x/2")).unwrap();
-    fs::remove_dir(m.path("t/a/x")).unwrap();
+    fs::remove_file(mnt.path("t/a/1")).unwrap();
+    fs::remove_file(mnt.path("t/a/x/2")).unwrap();
+    fs::remove_dir(mnt.path("t/a/x")).unwrap();
     assert_eq!(names("t/a"), Vec::<String>::new(), "a after its removals");
-    assert!(!m.path("t/a/x").exists());
+    assert!(!mnt.path("t/a/x").exists());
     assert_eq!(names("t/b"), ["3", "y"], "b untouched");
     assert_eq!(names("t/b/y"), ["4"]);
-    fs::remove_file(m.path("t/c/5")).unwrap();
-    fs::remove_dir(m.path("t/c")).unwrap();
+    fs::remove_file(mnt.path("t/c/5")).unwrap();
+    fs::remove_dir(mnt.path("t/c")).unwrap();
     assert_eq!(names("t"), ["a", "b"], "t after removing c");
-    fs::remove_dir_all(m.path("t")).unwrap();
-    assert!(!sshd.data.join("t").exists(), "rm -r through the mount");
+    fs::remove_dir_all(mnt.path("t")).unwrap();
+    assert!(!mnt.server("t").exists(), "rm -r through the mount");
 }
 
 #[test]
 fn read_only_mount_refuses_writes() {
-    let sshd = Sshd::start();
-    fs::write(sshd.data.join("f"), b"ro data").unwrap();
-    let m = Mount::root(&sshd, "", "ro");
-    assert_eq!(fs::read(m.path("f")).unwrap(), b"ro data");
-    let e = fs::write(m.path("g"), b"x").expect_err("creating a file on a ro mount");
+    let mnt = Mounted::prepared("ro", |data| {
+        fs::write(data.join("f"), b"ro data").unwrap();
+    });
+    assert_eq!(fs::read(mnt.path("f")).unwrap(), b"ro data");
+    let e = fs::write(mnt.path("g"), b"x").expect_err("creating a file on a ro mount");
     assert_eq!(errno(&e), libc::EROFS, "ro mount: {e}");
-    assert!(!sshd.data.join("g").exists());
+    assert!(!mnt.server("g").exists());
 }
 
 #[test]
 fn uid_gid_umask_presentation() {
-    let sshd = Sshd::start();
-    fs::write(sshd.data.join("f"), b"x").unwrap();
-    fs::set_permissions(sshd.data.join("f"), fs::Permissions::from_mode(0o666)).unwrap();
-    let m = Mount::root(&sshd, "", "uid=1234,gid=4321,umask=027");
-    let md = fs::metadata(m.path("f")).unwrap();
+    let mnt = Mounted::prepared("uid=1234,gid=4321,umask=027", |data| {
+        fs::write(data.join("f"), b"x").unwrap();
+        fs::set_permissions(data.join("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    });
+    let md = fs::metadata(mnt.path("f")).unwrap();
     assert_eq!((md.uid(), md.gid()), (1234, 4321), "uid=/gid= presentation");
     assert_eq!(md.mode() & 0o777, 0o640, "umask=027 applied to 0666");
 }
@@ -975,53 +958,56 @@ fn pinned_host_key_is_checked() {
 
 #[test]
 fn sigterm_unmounts_and_exits_zero() {
-    let sshd = Sshd::start();
-    let mut m = Mount::root(&sshd, "", "");
-    fs::write(m.path("f"), b"x").unwrap();
-    m.signal(nix::sys::signal::Signal::SIGTERM);
-    let st = m
+    let mut mnt = Mounted::root("");
+    fs::write(mnt.path("f"), b"x").unwrap();
+    mnt.mount.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = mnt
+        .mount
         .wait_exit(Duration::from_secs(15))
         .expect("the mount command must exit after SIGTERM");
     assert!(
         st.success(),
         "exit status after SIGTERM: {st}; stderr: {}",
-        m.stderr()
+        mnt.mount.stderr()
     );
-    assert!(!is_mounted(&m.mountpoint), "SIGTERM must unmount");
+    assert!(!is_mounted(&mnt.mount.mountpoint), "SIGTERM must unmount");
 }
 
 #[test]
 fn sigint_while_busy_unmounts_and_exits_zero() {
-    let sshd = Sshd::start();
-    let mut m = Mount::root(&sshd, "", "");
-    fs::write(m.path("f"), b"x").unwrap();
+    let mut mnt = Mounted::root("");
+    fs::write(mnt.path("f"), b"x").unwrap();
     // Hold a file open: the unmount must be lazy instead of failing with EBUSY.
-    let busy = File::open(m.path("f")).unwrap();
-    m.signal(nix::sys::signal::Signal::SIGINT);
-    let st = m
+    let busy = File::open(mnt.path("f")).unwrap();
+    mnt.mount.signal(nix::sys::signal::Signal::SIGINT);
+    let st = mnt
+        .mount
         .wait_exit(Duration::from_secs(15))
         .expect("the mount command must exit after SIGINT even while busy");
     assert!(
         st.success(),
         "exit status after SIGINT: {st}; stderr: {}",
-        m.stderr()
+        mnt.mount.stderr()
     );
-    assert!(!is_mounted(&m.mountpoint), "SIGINT must (lazily) unmount");
+    assert!(
+        !is_mounted(&mnt.mount.mountpoint),
+        "SIGINT must (lazily) unmount"
+    );
     drop(busy);
 }
 
 #[test]
 fn external_umount_ends_the_command() {
-    let sshd = Sshd::start();
-    let mut m = Mount::root(&sshd, "", "");
-    run(std::process::Command::new("umount").arg(&m.mountpoint));
-    let st = m
+    let mut mnt = Mounted::root("");
+    run(std::process::Command::new("umount").arg(&mnt.mount.mountpoint));
+    let st = mnt
+        .mount
         .wait_exit(Duration::from_secs(15))
         .expect("the mount command must exit after an external umount");
     assert!(
         st.success(),
         "exit status after umount: {st}; stderr: {}",
-        m.stderr()
+        mnt.mount.stderr()
     );
 }
 

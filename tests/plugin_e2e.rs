@@ -6,7 +6,6 @@
 
 mod e2e;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -14,8 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use e2e::{
-    DOCKER_TIMEOUT, Kind, assert_mentions, assert_not_mentions, docker, fuse_mounts_under,
-    run_cmd_env, setup, wait_until,
+    DOCKER_TIMEOUT, Kind, NewFuseMounts, Out, assert_all, assert_mentions, assert_not_mentions,
+    docker, run_cmd_env, setup, volume_listed, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -48,13 +47,7 @@ fn write_then_read_from_second_container() {
         "rm in the container removes the file on the server"
     );
     // Docker's own view of the volume.
-    let inspect =
-        docker(&["volume", "inspect", "-f", "{{.Driver}}", vol.as_str()]).ok("volume inspect");
-    assert_mentions(
-        &inspect.stdout,
-        ctx.cfg.plugin.trim_end_matches(":latest"),
-        "volume driver",
-    );
+    ctx.assert_volume_driver(vol.as_str(), "volume driver");
 }
 
 /// vieux's CI scenario: allow_other, and a container running as nobody writes and reads.
@@ -180,34 +173,13 @@ fn twenty_containers_in_parallel() {
         return;
     };
     let (vol, dir) = ctx.password_volume("par");
-    let results: Vec<_> = thread::scope(|s| {
-        let handles: Vec<_> = (0..20)
-            .map(|i| {
-                let ctx = &ctx;
-                let vol = vol.as_str();
-                s.spawn(move || {
-                    ctx.run(
-                        vol,
-                        &[],
-                        &format!("echo {i} > /data/c{i} && cat /data/c{i} && ls /data > /dev/null"),
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let failed: Vec<_> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.success())
-        .map(|(i, r)| format!("container {i}: {:?}\n{}", r.code, r.stderr.trim()))
+    let jobs: Vec<_> = (0..20)
+        .map(|i| {
+            let script = format!("echo {i} > /data/c{i} && cat /data/c{i} && ls /data > /dev/null");
+            (vol.as_str(), script)
+        })
         .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 20 containers failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_all(&ctx.run_parallel(&jobs), "container", Out::success);
     for i in 0..20 {
         ctx.assert_server_file(&dir, &format!("c{i}"), &format!("{i}\n"));
     }
@@ -231,9 +203,8 @@ fn volume_rm_keeps_remote_files() {
         "mkdir /data/sub && echo keep > /data/sub/me && echo top > /data/top",
     );
     ctx.rm_volume(vol.as_str()).ok("docker volume rm");
-    let ls = docker(&["volume", "ls", "-q"]).ok("volume ls");
     assert!(
-        !ls.stdout.lines().any(|l| l == vol.as_str()),
+        !volume_listed(vol.as_str()),
         "volume is gone from docker volume ls"
     );
     ctx.assert_server_file(&dir, "sub/me", "keep\n");
@@ -413,47 +384,41 @@ fn no_fuse_mount_left_after_last_container() {
     let Some(ctx) = setup("no_fuse_mount_left_after_last_container", Kind::Exclusive) else {
         return;
     };
-    let root = ctx.propagated_mount_root();
-    let before: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
-    let new_mounts = || -> Vec<String> {
-        fuse_mounts_under(&root)
-            .into_iter()
-            .filter(|m| !before.contains(m))
-            .collect()
-    };
+    let fuse = NewFuseMounts::under(ctx.propagated_mount_root());
 
     let (vol, _dir) = ctx.password_volume("leak");
     let a = ctx.start(vol.as_str());
     let b = ctx.start(vol.as_str());
-    let mounted = new_mounts();
+    let mounted = fuse.list();
     assert!(
         !mounted.is_empty(),
         "no FUSE mount under {} while two containers use the volume: the check below would prove nothing",
-        root.display()
+        fuse.root.display()
     );
     docker(&["rm", "-f", a.name.as_str()]).ok("remove first container");
     assert_eq!(
-        new_mounts(),
+        fuse.list(),
         mounted,
         "mount stays while a container still uses the volume"
     );
     b.exec("ls /data").ok("second container still reads");
     docker(&["rm", "-f", b.name.as_str()]).ok("remove last container");
-    assert!(
-        wait_until(Duration::from_secs(10), || new_mounts().is_empty()),
-        "FUSE mount left behind after the last container exited: {:?}",
-        new_mounts()
+    fuse.assert_gone_within(
+        Duration::from_secs(10),
+        "FUSE mount left behind after the last container exited",
     );
 
     // Same with `docker run --rm` and a failing command.
     let _ = ctx.run(vol.as_str(), &[], "ls /data; exit 3");
-    assert!(
-        wait_until(Duration::from_secs(10), || new_mounts().is_empty()),
-        "FUSE mount left behind after a failed container: {:?}",
-        new_mounts()
+    fuse.assert_gone_within(
+        Duration::from_secs(10),
+        "FUSE mount left behind after a failed container",
     );
-    if !before.is_empty() {
-        eprintln!("note: FUSE mounts of other volumes existed before this test: {before:?}");
+    if !fuse.before.is_empty() {
+        eprintln!(
+            "note: FUSE mounts of other volumes existed before this test: {:?}",
+            fuse.before
+        );
     }
 }
 
@@ -682,20 +647,10 @@ fn compose_driver_opts() {
     let up = compose(&["up", "--no-color", "--exit-code-from", "writer"]).ok("docker-compose up");
     assert_mentions(&up.text(), "written by compose", "compose service output");
     ctx.assert_server_file(&dir, "compose.txt", "written by compose\n");
-    let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume.as_str()])
-        .ok("inspect the compose volume");
-    assert_mentions(
-        &driver.stdout,
-        ctx.cfg.plugin.trim_end_matches(":latest"),
-        "compose volume driver",
-    );
+    ctx.assert_volume_driver(&volume, "compose volume driver");
 
     compose(&["down", "-v", "--timeout", "1"]).ok("docker-compose down -v");
-    let ls = docker(&["volume", "ls", "-q"]).ok("volume ls");
-    assert!(
-        !ls.stdout.lines().any(|l| l == volume),
-        "down -v removed the volume"
-    );
+    assert!(!volume_listed(&volume), "down -v removed the volume");
     ctx.assert_server_file(&dir, "compose.txt", "written by compose\n");
 }
 
@@ -808,13 +763,7 @@ fn swarm_service_with_volume_driver() {
             ps.stdout, ps.stderr
         );
     }
-    let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume.as_str()])
-        .ok("inspect the service's volume");
-    assert_mentions(
-        &driver.stdout,
-        ctx.cfg.plugin.trim_end_matches(":latest"),
-        "service volume driver",
-    );
+    ctx.assert_volume_driver(&volume, "service volume driver");
 }
 
 // ---------------------------------------------------------------------------------------------

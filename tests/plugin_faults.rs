@@ -12,7 +12,6 @@ mod e2e;
 #[path = "e2e/faults_helpers.rs"]
 mod faults_helpers;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -22,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use e2e::{
-    Container, Kind, LABEL, assert_mentions, assert_not_mentions, docker, fuse_mounts_under,
-    run_cmd, setup, wait_until,
+    Container, Kind, LABEL, NewFuseMounts, RemoveDir, assert_all, assert_mentions,
+    assert_not_mentions, docker, run_cmd, setup, volume_listed, wait_until,
 };
 use faults_helpers::*;
 
@@ -228,21 +227,14 @@ fn plugin_killed_with_sigkill_recovers() {
         return;
     };
     let id = ctx.plugin_id();
-    let root = ctx.propagated_mount_root();
-    let before: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
-    // A set: each mount shows twice in mountinfo (the propagated-mount bind and the filesystem
-    // under it are peers, so the mount propagates to both).
-    let ours = || -> BTreeSet<String> {
-        fuse_mounts_under(&root)
-            .into_iter()
-            .filter(|m| !before.contains(m))
-            .collect()
-    };
+    let fuse = NewFuseMounts::under(ctx.propagated_mount_root());
+    // distinct(): each mount shows twice in mountinfo (the propagated-mount bind and the
+    // filesystem under it are peers, so the mount propagates to both).
     let (vol, dir) = ctx.password_volume("crash");
     let a = ctx.start(vol.as_str());
     a.exec("echo from-a > /data/a").ok("write before the crash");
     assert_eq!(
-        ours().len(),
+        fuse.distinct().len(),
         1,
         "one FUSE mount while a container uses the volume"
     );
@@ -265,10 +257,9 @@ fn plugin_killed_with_sigkill_recovers() {
         1,
         "the running container's mount is still counted"
     );
-    assert!(
-        wait_until(Duration::from_secs(20), || ours().is_empty()),
-        "the dead FUSE mount was not detached on the host: {:?}",
-        ours()
+    fuse.assert_gone_within(
+        Duration::from_secs(20),
+        "the dead FUSE mount was not detached on the host",
     );
     let in_plugin = fuse_mounts_of(new);
     assert!(
@@ -300,7 +291,7 @@ fn plugin_killed_with_sigkill_recovers() {
         .ok("new container after the crash");
     assert_eq!(out.stdout, "from-a\n");
     ctx.assert_server_file(&dir, "b", "from-b\n");
-    assert_eq!(ours().len(), 1, "exactly one live mount again");
+    assert_eq!(fuse.distinct().len(), 1, "exactly one live mount again");
     assert_eq!(
         status_u64(&inspect(vol.as_str())["Status"], "active_mounts"),
         2
@@ -309,7 +300,7 @@ fn plugin_killed_with_sigkill_recovers() {
     // Counts balance: b leaves (a still counted, mount stays), then a leaves.
     drop(b);
     assert_eq!(
-        ours().len(),
+        fuse.distinct().len(),
         1,
         "still mounted while the old container is counted"
     );
@@ -317,10 +308,9 @@ fn plugin_killed_with_sigkill_recovers() {
         .ok("restart the old container (README advice)");
     a.exec("cat /data/b").ok("the restarted container works");
     drop(a);
-    assert!(
-        wait_until(Duration::from_secs(15), || ours().is_empty()),
-        "a FUSE mount is left after every container exited: {:?}",
-        ours()
+    fuse.assert_gone_within(
+        Duration::from_secs(15),
+        "a FUSE mount is left after every container exited",
     );
     assert_eq!(
         status_u64(&inspect(vol.as_str())["Status"], "active_mounts"),
@@ -369,10 +359,9 @@ fn dockerd_restart_keeps_volumes() {
     // dockerd stopped every container, the test sshd among them.
     start_sshd(&ctx.cfg);
 
-    let ls = docker(&["volume", "ls", "-q"]).ok("volume ls after the restart");
     for v in [&vol, &vol2] {
         assert!(
-            ls.stdout.lines().any(|l| l == v.as_str()),
+            volume_listed(v.as_str()),
             "{} listed after the restart",
             v.name
         );
@@ -415,7 +404,7 @@ fn copy_up_into_empty_volume_with_non_root_login() {
         return;
     };
     let image = Image(format!("{}-copyup:{}", e2e::PREFIX, std::process::id()));
-    let context = TempDir(std::env::temp_dir().join(ctx.unique("copyup-ctx")));
+    let context = RemoveDir(std::env::temp_dir().join(ctx.unique("copyup-ctx")));
     fs::create_dir_all(&context.0).unwrap();
     fs::write(
         context.0.join("Dockerfile"),
@@ -591,7 +580,7 @@ fn secrets_stay_secret_with_debug_logging() {
     let password = ctx.cfg.password.clone();
 
     // The sshkey dir: a password file and the test key, re-encrypted with a passphrase.
-    let keys = TempDir(ctx.cfg.dir.join(format!("sshkey-{pid}")));
+    let keys = RemoveDir(ctx.cfg.dir.join(format!("sshkey-{pid}")));
     let _ = fs::remove_dir_all(&keys.0);
     fs::create_dir_all(&keys.0).unwrap();
     fs::set_permissions(&keys.0, fs::Permissions::from_mode(0o700)).unwrap();
@@ -814,62 +803,35 @@ fn load_many_mounts_no_leaks() {
     };
     let id = ctx.plugin_id();
     let pid = plugin_pid(&id).expect("the plugin's process");
-    let root = ctx.propagated_mount_root();
-    let before_mounts: BTreeSet<String> = fuse_mounts_under(&root).into_iter().collect();
-    let ours = || -> BTreeSet<String> {
-        fuse_mounts_under(&root)
-            .into_iter()
-            .filter(|m| !before_mounts.contains(m))
-            .collect()
-    };
+    let fuse = NewFuseMounts::under(ctx.propagated_mount_root());
     let socket = plugin_socket(&id);
 
     let (vol, dir) = ctx.password_volume("load");
     fs::write(dir.host.join("shared"), "same for everyone\n").unwrap();
     // Warm up (thread pools, allocator arenas) before the baseline.
     ctx.run_ok(vol.as_str(), &[], "cat /data/shared");
-    assert!(wait_until(Duration::from_secs(10), || ours().is_empty()));
+    fuse.assert_gone_within(Duration::from_secs(10), "mount left after the warm-up");
     let u0 = usage(pid);
     eprintln!("baseline: {u0:?}");
 
     // 50 containers on one volume at once.
     let t = Instant::now();
-    let results: Vec<_> = thread::scope(|s| {
-        let hs: Vec<_> = (0..50)
-            .map(|i| {
-                let (ctx, vol) = (&ctx, vol.as_str());
-                s.spawn(move || {
-                    ctx.run(
-                        vol,
-                        &[],
-                        &format!("cat /data/shared && echo {i} > /data/c{i}"),
-                    )
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let failed: Vec<String> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.success() || r.stdout != "same for everyone\n")
-        .map(|(i, r)| format!("container {i}: {:?} {}", r.code, r.text().trim()))
+    let jobs: Vec<_> = (0..50)
+        .map(|i| {
+            (
+                vol.as_str(),
+                format!("cat /data/shared && echo {i} > /data/c{i}"),
+            )
+        })
         .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 50 containers failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_all(&ctx.run_parallel(&jobs), "container", |r| {
+        r.success() && r.stdout == "same for everyone\n"
+    });
     for i in 0..50 {
         ctx.assert_server_file(&dir, &format!("c{i}"), &format!("{i}\n"));
     }
     eprintln!("50 containers on one volume: {:?}", t.elapsed());
-    assert!(
-        wait_until(Duration::from_secs(15), || ours().is_empty()),
-        "mount left: {:?}",
-        ours()
-    );
+    fuse.assert_gone_within(Duration::from_secs(15), "mount left");
     let u1 = usage(pid);
     eprintln!("after 50 containers: {u1:?}");
 
@@ -878,23 +840,17 @@ fn load_many_mounts_no_leaks() {
     let vols: Vec<_> = (0..20)
         .map(|i| ctx.password_volume(&format!("load{i}")))
         .collect();
-    let results: Vec<_> = thread::scope(|s| {
-        let hs: Vec<_> = vols
-            .iter()
-            .enumerate()
-            .map(|(i, (v, _))| {
-                let ctx = &ctx;
-                s.spawn(move || {
-                    ctx.run(
-                        v.as_str(),
-                        &[],
-                        &format!("echo vol{i} > /data/me && cat /data/me"),
-                    )
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let jobs: Vec<_> = vols
+        .iter()
+        .enumerate()
+        .map(|(i, (v, _))| {
+            (
+                v.as_str(),
+                format!("echo vol{i} > /data/me && cat /data/me"),
+            )
+        })
+        .collect();
+    let results = ctx.run_parallel(&jobs);
     for (i, r) in results.iter().enumerate() {
         assert!(
             r.success() && r.stdout == format!("vol{i}\n"),
@@ -904,52 +860,41 @@ fn load_many_mounts_no_leaks() {
     }
     eprintln!("20 volumes at once: {:?}", t.elapsed());
     drop(vols);
-    assert!(
-        wait_until(Duration::from_secs(15), || ours().is_empty()),
-        "mount left: {:?}",
-        ours()
-    );
+    fuse.assert_gone_within(Duration::from_secs(15), "mount left");
     let u2 = usage(pid);
     eprintln!("after 20 volumes: {u2:?}");
 
     // 200 mount/unmount cycles straight through the socket, each with its own mount ID; every
     // 25th one also reads through the mount on the host.
-    let t = Instant::now();
-    for i in 0..200 {
+    let cycle_call = |i: usize, method: &str| -> Value {
         let mid = format!("sshfs-e2e-cycle-{i}");
-        let m = plugin_call(
+        let answer = plugin_call(
             &socket,
-            "VolumeDriver.Mount",
+            &format!("VolumeDriver.{method}"),
             &json!({"Name": vol.name, "ID": mid}),
         );
-        if let Some(e) = err_of(&m) {
-            panic!("cycle {i}: Mount failed: {e}");
+        if let Some(e) = err_of(&answer) {
+            panic!("cycle {i}: {method} failed: {e}");
         }
+        answer
+    };
+    let t = Instant::now();
+    for i in 0..200 {
+        let m = cycle_call(i, "Mount");
         if i % 25 == 0 {
             let mp = m["Mountpoint"].as_str().expect("Mountpoint");
-            let host = root.join(mp.trim_start_matches("/mnt/volumes/"));
+            let host = fuse.root.join(mp.trim_start_matches("/mnt/volumes/"));
             let got = fs::read_to_string(host.join("shared"))
                 .unwrap_or_else(|e| panic!("cycle {i}: reading via {}: {e}", host.display()));
             assert_eq!(got, "same for everyone\n");
         }
-        let u = plugin_call(
-            &socket,
-            "VolumeDriver.Unmount",
-            &json!({"Name": vol.name, "ID": mid}),
-        );
-        if let Some(e) = err_of(&u) {
-            panic!("cycle {i}: Unmount failed: {e}");
-        }
+        cycle_call(i, "Unmount");
         if i % 50 == 49 {
             eprintln!("after {} cycles: {:?}", i + 1, usage(pid));
         }
     }
     let cycles = t.elapsed();
-    assert!(
-        wait_until(Duration::from_secs(15), || ours().is_empty()),
-        "mount left: {:?}",
-        ours()
-    );
+    fuse.assert_gone_within(Duration::from_secs(15), "mount left");
     // Idle blocking-pool threads end after 10 s; give them the chance before measuring.
     let mut u3 = usage(pid);
     wait_until(Duration::from_secs(15), || {

@@ -1,7 +1,8 @@
 //! Test harness for the real-filesystem tests: a throwaway OpenSSH server on a loopback port
-//! (own config, host key, user keys, password user) and mounts made with the built
-//! `docker-volume-sshfs mount` command, all cleaned up on drop so a failing test never leaves a
-//! running sshd or a dead FUSE mount behind.
+//! (the settings all test servers share, tests/sshd/sshd_config.common, plus its own port, host
+//! key, user keys and password user), mounts made with the built `docker-volume-sshfs mount`
+//! command, and the [`Mounted`] fixture most tests start from. All is cleaned up on drop, so a
+//! failing test never leaves a running sshd or a dead FUSE mount behind.
 //!
 //! Needs root, /dev/fuse, /usr/sbin/sshd, ssh-keygen and /usr/lib/openssh/sftp-server.
 
@@ -17,7 +18,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use docker_volume_sshfs::mount::mountinfo_path;
+use docker_volume_sshfs::mount::mount_table;
 
 /// The built command under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_docker-volume-sshfs");
@@ -159,8 +160,7 @@ impl Sshd {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
         let _ = fs::create_dir_all("/run/sshd"); // privilege separation directory
 
-        let hostkey = d.join("ssh_host_ed25519_key");
-        keygen(&hostkey, "");
+        let host_fingerprint = make_host_key(&d);
         let key = d.join("id_ed25519");
         keygen(&key, "");
         let encrypted_key = d.join("id_ed25519_enc");
@@ -169,12 +169,6 @@ impl Sshd {
         auth.push_str(&fs::read_to_string(d.join("id_ed25519_enc.pub")).unwrap());
         fs::write(d.join("authorized_keys"), auth).unwrap();
         fs::set_permissions(d.join("authorized_keys"), fs::Permissions::from_mode(0o644)).unwrap();
-        let fp = run(Command::new("ssh-keygen").arg("-lf").arg(&hostkey));
-        let host_fingerprint = fp
-            .split_whitespace()
-            .nth(1)
-            .expect("ssh-keygen -lf output")
-            .to_string();
 
         let data = d.join("data");
         fs::create_dir(&data).unwrap();
@@ -186,43 +180,8 @@ impl Sshd {
         let mut last_err = String::new();
         for _attempt in 0..10 {
             let port = free_port();
-            let config = d.join("sshd_config");
-            fs::write(
-                &config,
-                format!(
-                    "Port {port}\n\
-                     ListenAddress 127.0.0.1\n\
-                     HostKey {hostkey}\n\
-                     PidFile {pid}\n\
-                     AuthorizedKeysFile {auth}\n\
-                     PermitRootLogin yes\n\
-                     PubkeyAuthentication yes\n\
-                     PasswordAuthentication yes\n\
-                     KbdInteractiveAuthentication no\n\
-                     UsePAM no\n\
-                     StrictModes no\n\
-                     MaxStartups 200\n\
-                     MaxSessions 200\n\
-                     MaxAuthTries 20\n\
-                     LogLevel VERBOSE\n\
-                     Subsystem sftp /usr/lib/openssh/sftp-server\n",
-                    hostkey = hostkey.display(),
-                    pid = d.join("sshd.pid").display(),
-                    auth = d.join("authorized_keys").display(),
-                ),
-            )
-            .unwrap();
             let log = fs::File::create(d.join("sshd.log")).unwrap();
-            let mut child = Command::new("/usr/sbin/sshd")
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start /usr/sbin/sshd");
+            let mut child = spawn_sshd(&d, port, log);
             match wait_for_banner(port, &mut child) {
                 Ok(()) => {
                     return Sshd {
@@ -276,6 +235,48 @@ impl Drop for Sshd {
     }
 }
 
+/// The settings every test server shares (also the Docker test server's and the benchmark's).
+const SSHD_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sshd/sshd_config.common");
+
+/// Runs /usr/sbin/sshd in the foreground on 127.0.0.1:`port` with the shared settings plus this
+/// server's own files in `d` (host key, pid file, authorized_keys), logging to `log`.
+fn spawn_sshd(d: &Path, port: u16, log: fs::File) -> Child {
+    let own = [
+        format!("Port={port}"),
+        "ListenAddress=127.0.0.1".to_string(),
+        format!("HostKey={}", host_key_path(d).display()),
+        format!("PidFile={}", d.join("sshd.pid").display()),
+        format!("AuthorizedKeysFile={}", d.join("authorized_keys").display()),
+        "Subsystem=sftp /usr/lib/openssh/sftp-server".to_string(),
+    ];
+    let mut cmd = Command::new("/usr/sbin/sshd");
+    cmd.args(["-D", "-e", "-f", SSHD_CONFIG]);
+    for o in &own {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start /usr/sbin/sshd")
+}
+
+/// The host key of the server whose files are in `d`.
+fn host_key_path(d: &Path) -> PathBuf {
+    d.join("ssh_host_ed25519_key")
+}
+
+/// Generates the host key in `d` and returns its `SHA256:...` fingerprint.
+fn make_host_key(d: &Path) -> String {
+    let hostkey = host_key_path(d);
+    keygen(&hostkey, "");
+    let fp = run(Command::new("ssh-keygen").arg("-lf").arg(&hostkey));
+    fp.split_whitespace()
+        .nth(1)
+        .expect("ssh-keygen -lf output")
+        .to_string()
+}
+
 fn keygen(path: &Path, passphrase: &str) {
     run(Command::new("ssh-keygen")
         .args([
@@ -307,25 +308,21 @@ fn wait_for_banner(port: u16, child: &mut Child) -> Result<(), String> {
 
 /// Mount points (from /proc/self/mountinfo) equal to or below `dir`.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(mountinfo_path)
+    mount_table()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir))
         .collect()
 }
 
 /// The filesystem type of the mount exactly at `dir`, if any.
 pub fn mount_fstype(dir: &Path) -> Option<String> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for l in info.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.len() > 4 && mountinfo_path(f[4]) == dir {
-            let sep = f.iter().position(|x| *x == "-")?;
-            return f.get(sep + 1).map(|s| s.to_string());
-        }
-    }
-    None
+    mount_table()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.mount_point == dir)
+        .map(|m| m.fs_type)
 }
 
 pub fn is_mounted(dir: &Path) -> bool {
@@ -486,6 +483,39 @@ impl Drop for Mount {
     }
 }
 
+/// What most filesystem tests start from: a throwaway server and one key-authenticated root
+/// mount of its whole data directory. The mount is dropped before the server.
+pub struct Mounted {
+    pub mount: Mount,
+    pub sshd: Sshd,
+}
+
+impl Mounted {
+    /// A fresh server, mounted with the standard key options plus `extra` (may be empty).
+    pub fn root(extra: &str) -> Mounted {
+        Self::prepared(extra, |_| {})
+    }
+
+    /// Like [`Mounted::root`], with `prepare` making server-side files (it gets the data
+    /// directory) before the mount exists, so the mount has never seen them.
+    pub fn prepared(extra: &str, prepare: impl FnOnce(&Path)) -> Mounted {
+        let sshd = Sshd::start();
+        prepare(&sshd.data);
+        let mount = Mount::root(&sshd, "", extra);
+        Mounted { mount, sshd }
+    }
+
+    /// `rel` seen through the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mount.path(rel)
+    }
+
+    /// `rel` on the server's disk (the same file, not through the mount).
+    pub fn server(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.sshd.data.join(rel)
+    }
+}
+
 /// The outcome of a `mount` command that is expected to fail.
 pub struct Failed {
     pub status: ExitStatus,
@@ -628,16 +658,7 @@ impl Sshd {
                 .create(true)
                 .open(d.join("sshd.log"))
                 .unwrap();
-            let mut child = Command::new("/usr/sbin/sshd")
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(d.join("sshd_config"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("restart /usr/sbin/sshd");
+            let mut child = spawn_sshd(&d, self.port, log);
             match wait_for_banner(self.port, &mut child) {
                 Ok(()) => {
                     self.child = child;
@@ -656,12 +677,10 @@ impl Sshd {
 
     /// Replaces the host key (takes effect at the next restart) and returns the new fingerprint.
     pub fn new_host_key(&mut self) -> String {
-        let hostkey = self.dir.path().join("ssh_host_ed25519_key");
+        let hostkey = host_key_path(self.dir.path());
         let _ = fs::remove_file(&hostkey);
         let _ = fs::remove_file(hostkey.with_extension("pub"));
-        keygen(&hostkey, "");
-        let fp = run(Command::new("ssh-keygen").arg("-lf").arg(&hostkey));
-        self.host_fingerprint = fp.split_whitespace().nth(1).unwrap().to_string();
+        self.host_fingerprint = make_host_key(self.dir.path());
         self.host_fingerprint.clone()
     }
 }

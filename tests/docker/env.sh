@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Settings shared by the test scripts, docker-compose.test.yml and tests/plugin_e2e.rs.
-# Sourced; every value can be overridden from the environment. Keep the defaults in sync with
-# docker-compose.test.yml and tests/e2e/mod.rs (Config::from_env).
+# The one home of the test settings and their defaults. Sourced by tests/run.sh, tests/docker/*.sh
+# and try.sh; docker-compose.test.yml, tests/compose/e2e.yml and tests/e2e/mod.rs read the exported
+# variables and have no defaults of their own. Every value can be overridden from the environment.
 
 # The plugin under test (as installed by ./build-rootfs.sh --install NAME).
 export SSHFS_PLUGIN=${SSHFS_PLUGIN:-vendor/sshfs:latest}
@@ -12,6 +12,8 @@ export SSHFS_TEST_HOST=127.0.0.1
 export SSHFS_TEST_PORT=${SSHFS_TEST_PORT:-2222}
 export SSHFS_TEST_PASSWORD=${SSHFS_TEST_PASSWORD:-tester-secret}
 export SSHFS_TEST_ROOT_PASSWORD=${SSHFS_TEST_ROOT_PASSWORD:-root-secret}
+# The server's SFTP implementation: internal (internal-sftp) or server (/usr/lib/openssh/sftp-server).
+export SSHFS_TEST_SFTP=${SSHFS_TEST_SFTP:-internal}
 # Host directory holding the server's /data (data/), host keys (hostkeys/) and the client key
 # pair (client/: id_ed25519, id_ed25519.pub, authorized_keys), also used as the plugin's
 # sshkey.source in the key-auth test.

@@ -3,20 +3,24 @@
 #   sshfs-test/busybox:latest  containers that use the volumes (busybox-static + passwd with nobody)
 #   sshfs-test/sshd:latest     the test SSH server (OpenSSH from this machine's Debian packages)
 # Both are assembled as a rootfs tarball and `docker import`ed. Each image carries a label with a
-# hash of its inputs (this script + package versions/binaries), so a rerun with nothing changed
-# is a no-op and a changed input rebuilds.
+# hash of its inputs (this script, the files it copies in, package versions/binaries), so a rerun
+# with nothing changed is a no-op and a changed input rebuilds.
 #
 # Usage: tests/docker/images.sh [--force]
 set -euo pipefail
 
-BUSYBOX_IMAGE=${SSHFS_TEST_BUSYBOX_IMAGE:-sshfs-test/busybox:latest}
-SSHD_IMAGE=${SSHFS_TEST_SSHD_IMAGE:-sshfs-test/sshd:latest}
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+HERE=$(dirname "$SELF")
+# shellcheck source=tests/docker/env.sh
+source "$HERE/env.sh"
+# The sshd settings all test servers share; the image's /etc/ssh/sshd_config.
+SSHD_CONFIG=$(readlink -f "$HERE/../sshd/sshd_config.common")
+
+BUSYBOX_IMAGE=$SSHFS_TEST_BUSYBOX_IMAGE
+SSHD_IMAGE=$SSHFS_TEST_SSHD_IMAGE
 HASH_LABEL=org.sshfs-test.inputs
 FORCE=0
 [[ "${1:-}" == "--force" ]] && FORCE=1
-
-SELF=$(readlink -f "${BASH_SOURCE[0]}")
-HERE=$(dirname "$SELF")
 
 die() { echo "images.sh: $*" >&2; exit 1; }
 log() { echo "images.sh: $*" >&2; }
@@ -107,7 +111,7 @@ build_sshd() {
     local hash root versions
     versions=$(dpkg-query -W -f '${Package}=${Version}\n' openssh-server openssh-sftp-server \
         openssh-client libc6 busybox-static) || die "openssh-server/openssh-client/busybox-static not installed"
-    hash=$( { sha256sum "$SELF" "$HERE/sshd-entrypoint.sh" "$HERE/sshd_config"; echo "$versions"; } |
+    hash=$( { sha256sum "$SELF" "$HERE/sshd-entrypoint.sh" "$SSHD_CONFIG"; echo "$versions"; } |
         sha256sum | cut -c1-32)
     if [[ $FORCE == 0 && "$(current_hash "$SSHD_IMAGE")" == "$hash" ]]; then
         log "$SSHD_IMAGE is up to date"
@@ -127,7 +131,7 @@ build_sshd() {
     copy_with_libs "$root" /usr/sbin/sshd /usr/lib/openssh/sftp-server /usr/bin/ssh-keygen
     add_busybox "$root"
     [[ -f /etc/ssh/moduli ]] && cp /etc/ssh/moduli "$root/etc/ssh/moduli"
-    install -m 0644 "$HERE/sshd_config" "$root/etc/ssh/sshd_config"
+    install -m 0644 "$SSHD_CONFIG" "$root/etc/ssh/sshd_config"
     install -D -m 0755 "$HERE/sshd-entrypoint.sh" "$root/usr/local/bin/sshd-entrypoint"
     # No /etc/ld.so.cache otherwise: let the loader find the copied libraries by cache, whatever
     # its built-in search path.
@@ -159,8 +163,7 @@ SH
     chown 1000:1000 "$root/home/tester"
     chmod 0755 "$root/home/tester"
     import_rootfs "$root" "$SSHD_IMAGE" "$hash" \
-        --change 'ENTRYPOINT ["/usr/local/bin/sshd-entrypoint"]' \
-        --change 'ENV SSHD_PORT=2222 SSHD_LISTEN=127.0.0.1'
+        --change 'ENTRYPOINT ["/usr/local/bin/sshd-entrypoint"]'
 }
 
 build_busybox

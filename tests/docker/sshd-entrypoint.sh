@@ -1,6 +1,7 @@
 #!/bin/sh
 # Entrypoint of sshfs-test/sshd: configure from the environment, then run sshd in the foreground
-# (logs on stderr, i.e. `docker logs`).
+# (logs on stderr, i.e. `docker logs`). /etc/ssh/sshd_config holds the settings every test server
+# shares (tests/sshd/sshd_config.common); what is this server's own is given here with -o.
 #   SSHD_PORT           port to listen on (default 2222)
 #   SSHD_LISTEN         address to listen on (default 127.0.0.1; the container uses host networking)
 #   ROOT_PASSWORD       password of root (login disabled for passwords if unset)
@@ -59,10 +60,13 @@ case "${SSHD_SFTP:-internal}" in
     *) die "SSHD_SFTP must be 'internal' or 'server', not '$SSHD_SFTP'" ;;
 esac
 
+# This server's own settings. Keys come from the environment / a mounted dir (copied above); users'
+# own ~/.ssh/authorized_keys work too.
+set -- -p "$PORT" -o "ListenAddress=$LISTEN" -o "Subsystem=sftp $sftp" -o PidFile=/run/sshd.pid \
+    -o "AuthorizedKeysFile=/etc/ssh/authorized_keys/%u .ssh/authorized_keys"
 # Fail early and readably on a bad configuration (sshd -t), then serve.
 # shellcheck disable=SC2086 # hostkey_args is a list of words
-/usr/sbin/sshd -t -p "$PORT" -o "ListenAddress=$LISTEN" -o "Subsystem=sftp $sftp" $hostkey_args ||
-    die "sshd rejected its configuration"
+/usr/sbin/sshd -t "$@" $hostkey_args || die "sshd rejected its configuration"
 echo "sshd-entrypoint: listening on $LISTEN:$PORT (sftp: $sftp, host keys in $HOSTKEY_DIR)" >&2
 # shellcheck disable=SC2086
-exec /usr/sbin/sshd -D -e -p "$PORT" -o "ListenAddress=$LISTEN" -o "Subsystem=sftp $sftp" $hostkey_args
+exec /usr/sbin/sshd -D -e "$@" $hostkey_args

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use docker_volume_sshfs::mount::parse_mountinfo;
 use serde_json::Value;
 
 use crate::e2e::{Config, Ctx, docker, run_cmd, wait_until};
@@ -87,15 +88,12 @@ pub fn wait_plugin_running(ctx: &Ctx, id: &str, not: Option<u32>, timeout: Durat
 }
 
 /// FUSE mount points in the mount namespace of process `pid` (e.g. the plugin's /mnt/volumes/*).
-pub fn fuse_mounts_of(pid: u32) -> Vec<String> {
-    fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            post.starts_with("fuse")
-                .then(|| pre.split(' ').nth(4).unwrap_or("").to_string())
-        })
+pub fn fuse_mounts_of(pid: u32) -> Vec<PathBuf> {
+    let info = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    parse_mountinfo(&info)
+        .into_iter()
+        .filter(|m| m.fs_type.starts_with("fuse"))
+        .map(|m| m.mount_point)
         .collect()
 }
 
@@ -397,8 +395,9 @@ pub fn dockerd() -> Dockerd {
 }
 
 impl Dockerd {
-    /// Starts dockerd the way .ci/run does (`nohup dockerd >>LOG 2>&1 &`), detached from us,
-    /// with the command line, environment and directory the previous one had.
+    /// Starts dockerd as tests/docker/dockerd.sh does (`nohup dockerd >LOG 2>&1 &`, but appending
+    /// to the log), detached from us, with the command line, environment and directory the
+    /// previous one had.
     fn spawn(&self) {
         let log = self
             .log
@@ -537,14 +536,5 @@ impl Drop for Image {
             &["rmi", "-f", self.0.as_str()],
             Duration::from_secs(60),
         );
-    }
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }

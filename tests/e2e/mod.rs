@@ -1,8 +1,9 @@
 //! Helpers for the end-to-end tests that drive a real Docker engine with the installed plugin.
 //!
 //! The environment (plugin, test SSH server, images) is prepared by `tests/run.sh`; settings come
-//! from the variables of `tests/docker/env.sh` (same defaults here). The tests skip themselves
-//! unless `SSHFS_E2E=1`, so a bare `cargo test` on a machine without Docker still passes.
+//! from the variables `tests/docker/env.sh` exports (the one home of their defaults: none here).
+//! The tests skip themselves unless `SSHFS_E2E=1`, so a bare `cargo test` on a machine without
+//! Docker still passes.
 //!
 //! Everything a test creates is named `sshfs-e2e-*` (volumes, services, compose projects) or
 //! labelled `org.sshfs-test.e2e` (containers), and removed by Drop guards even when the test fails;
@@ -13,6 +14,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +25,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use docker_volume_sshfs::mount::mount_table;
+
 /// Longer than dockerd's own 2-minute Create/Mount timeout, so dockerd's error is what we see.
 pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(150);
 /// The label every container started by these tests carries (for cleanup by tests/run.sh).
@@ -30,7 +34,7 @@ pub const LABEL: &str = "org.sshfs-test.e2e=1";
 /// Prefix of every volume, service and compose project name the tests create.
 pub const PREFIX: &str = "sshfs-e2e";
 
-/// Settings from the environment; defaults as in tests/docker/env.sh.
+/// Settings from the environment, as tests/docker/env.sh exports them.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub plugin: String,
@@ -44,27 +48,33 @@ pub struct Config {
     pub sshd_container: String,
 }
 
-fn env_or(name: &str, default: &str) -> String {
+/// A setting tests/docker/env.sh exports; panics with what to do when it is missing.
+fn setting(name: &str) -> String {
     std::env::var(name)
         .ok()
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not set: run the e2e tests through tests/run.sh, which sources \
+                 tests/docker/env.sh"
+            )
+        })
 }
 
 impl Config {
     pub fn from_env() -> Config {
-        let port = env_or("SSHFS_TEST_PORT", "2222");
+        let port = setting("SSHFS_TEST_PORT");
         Config {
-            plugin: env_or("SSHFS_PLUGIN", "vendor/sshfs:latest"),
-            host: env_or("SSHFS_TEST_HOST", "127.0.0.1"),
+            plugin: setting("SSHFS_PLUGIN"),
+            host: setting("SSHFS_TEST_HOST"),
             port: port
                 .parse()
                 .unwrap_or_else(|_| panic!("SSHFS_TEST_PORT={port} is not a port number")),
-            password: env_or("SSHFS_TEST_PASSWORD", "tester-secret"),
-            root_password: env_or("SSHFS_TEST_ROOT_PASSWORD", "root-secret"),
-            dir: PathBuf::from(env_or("SSHFS_TEST_DIR", "/tmp/sshfs-e2e")),
-            image: env_or("SSHFS_TEST_BUSYBOX_IMAGE", "sshfs-test/busybox:latest"),
-            sshd_container: env_or("SSHFS_TEST_SSHD_CONTAINER", "sshfs-test-sshd"),
+            password: setting("SSHFS_TEST_PASSWORD"),
+            root_password: setting("SSHFS_TEST_ROOT_PASSWORD"),
+            dir: PathBuf::from(setting("SSHFS_TEST_DIR")),
+            image: setting("SSHFS_TEST_BUSYBOX_IMAGE"),
+            sshd_container: setting("SSHFS_TEST_SSHD_CONTAINER"),
         }
     }
 
@@ -208,6 +218,15 @@ pub fn docker<S: AsRef<str>>(args: &[S]) -> Out {
     run_cmd("docker", args, DOCKER_TIMEOUT)
 }
 
+/// Whether `docker volume ls` lists a volume called `name`.
+pub fn volume_listed(name: &str) -> bool {
+    docker(&["volume", "ls", "-q"])
+        .ok("docker volume ls")
+        .stdout
+        .lines()
+        .any(|l| l == name)
+}
+
 /// Polls `f` every 200 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -220,6 +239,25 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Asserts that every one of `results` (say, of [`Ctx::run_parallel`]) passes `ok`; the failure
+/// message lists each one that does not, by its index, with its output.
+#[track_caller]
+pub fn assert_all(results: &[Out], what: &str, ok: impl Fn(&Out) -> bool) {
+    let failed: Vec<String> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !ok(r))
+        .map(|(i, r)| format!("{what} {i}: {:?}\n{}", r.code, r.text().trim()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed ({what}):\n{}",
+        failed.len(),
+        results.len(),
+        failed.join("\n")
+    );
 }
 
 /// Case-insensitive substring assertion with the whole text in the failure message.
@@ -287,14 +325,7 @@ pub fn setup(name: &str, kind: Kind) -> Option<Ctx> {
         name: name.to_string(),
         _held: held,
     };
-    let enabled = docker(&[
-        "plugin",
-        "inspect",
-        "-f",
-        "{{.Enabled}}",
-        ctx.cfg.plugin.as_str(),
-    ]);
-    if enabled.stdout.trim() != "true" {
+    if ctx.inspect_plugin("{{.Enabled}}").stdout.trim() != "true" {
         // An earlier test may have failed between disable and enable.
         docker(&["plugin", "enable", ctx.cfg.plugin.as_str()]);
     }
@@ -414,6 +445,18 @@ impl Ctx {
         docker(&args)
     }
 
+    /// One container per job (volume, script), all at the same time, each as [`Ctx::run`] without
+    /// extra arguments; the results in the order of `jobs`.
+    pub fn run_parallel(&self, jobs: &[(&str, String)]) -> Vec<Out> {
+        thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|(vol, script)| s.spawn(move || self.run(vol, &[], script)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
     /// Same as [`Ctx::run`], but must succeed; returns stdout.
     #[track_caller]
     pub fn run_ok(&self, vol: &str, extra: &[&str], script: &str) -> String {
@@ -488,15 +531,28 @@ impl Ctx {
             .join("propagated-mount")
     }
 
+    /// Asserts that Docker names the plugin under test as `volume`'s driver.
+    #[track_caller]
+    pub fn assert_volume_driver(&self, volume: &str, what: &str) {
+        let driver = docker(&["volume", "inspect", "-f", "{{.Driver}}", volume])
+            .ok(&format!("{what}: docker volume inspect {volume}"));
+        assert_mentions(
+            &driver.stdout,
+            self.cfg.plugin.trim_end_matches(":latest"),
+            what,
+        );
+    }
+
+    /// `docker plugin inspect -f FORMAT <plugin under test>`.
+    pub fn inspect_plugin(&self, format: &str) -> Out {
+        docker(&["plugin", "inspect", "-f", format, self.cfg.plugin.as_str()])
+    }
+
     /// Current value of a plugin mount setting (`state`, `sshkey`): its host source.
     pub fn plugin_mount_source(&self, mount: &str) -> String {
-        docker(&[
-            "plugin",
-            "inspect",
-            "-f",
-            &format!("{{{{range .Settings.Mounts}}}}{{{{if eq .Name \"{mount}\"}}}}{{{{.Source}}}}{{{{end}}}}{{{{end}}}}"),
-            self.cfg.plugin.as_str(),
-        ])
+        self.inspect_plugin(&format!(
+            "{{{{range .Settings.Mounts}}}}{{{{if eq .Name \"{mount}\"}}}}{{{{.Source}}}}{{{{end}}}}{{{{end}}}}"
+        ))
         .ok(&format!("reading the plugin's {mount}.source"))
         .stdout
         .trim()
@@ -505,14 +561,9 @@ impl Ctx {
 
     /// Current value of a plugin environment setting (`DEBUG`).
     pub fn plugin_env(&self, name: &str) -> String {
-        let out = docker(&[
-            "plugin",
-            "inspect",
-            "-f",
-            "{{range .Settings.Env}}{{println .}}{{end}}",
-            self.cfg.plugin.as_str(),
-        ])
-        .ok(&format!("reading the plugin's {name}"));
+        let out = self
+            .inspect_plugin("{{range .Settings.Env}}{{println .}}{{end}}")
+            .ok(&format!("reading the plugin's {name}"));
         out.stdout
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
@@ -521,17 +572,11 @@ impl Ctx {
 
     /// The plugin's id (dockerd tags the plugin's log lines with `plugin=<id>`).
     pub fn plugin_id(&self) -> String {
-        docker(&[
-            "plugin",
-            "inspect",
-            "-f",
-            "{{.Id}}",
-            self.cfg.plugin.as_str(),
-        ])
-        .ok("plugin id")
-        .stdout
-        .trim()
-        .to_string()
+        self.inspect_plugin("{{.Id}}")
+            .ok("plugin id")
+            .stdout
+            .trim()
+            .to_string()
     }
 
     /// Disables the plugin (forced: our volumes may exist), applies `settings` (`key=value`),
@@ -649,36 +694,48 @@ impl Drop for Container {
     }
 }
 
-/// FUSE mounts (mount points) under `root`, from this process's mountinfo.
-pub fn fuse_mounts_under(root: &Path) -> Vec<String> {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
-    let root = root.to_string_lossy().to_string();
-    info.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            let mountpoint = unescape_mountinfo(pre.split(' ').nth(4)?);
-            (fstype.starts_with("fuse") && mountpoint.starts_with(&root)).then_some(mountpoint)
-        })
+/// FUSE mount points under `root` in this process's mount namespace, in mountinfo order (a mount
+/// that propagated to two peers is listed twice).
+pub fn fuse_mounts_under(root: &Path) -> Vec<PathBuf> {
+    mount_table()
+        .expect("reading /proc/self/mountinfo")
+        .into_iter()
+        .filter(|m| m.fs_type.starts_with("fuse") && m.mount_point.starts_with(root))
+        .map(|m| m.mount_point)
         .collect()
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+/// The FUSE mounts a test adds under a directory: those that were not there when it was made.
+pub struct NewFuseMounts {
+    pub root: PathBuf,
+    pub before: Vec<PathBuf>,
+}
+
+impl NewFuseMounts {
+    pub fn under(root: PathBuf) -> NewFuseMounts {
+        let before = fuse_mounts_under(&root);
+        NewFuseMounts { root, before }
+    }
+
+    /// The new ones, in mountinfo order (with repeats, see [`fuse_mounts_under`]).
+    pub fn list(&self) -> Vec<PathBuf> {
+        fuse_mounts_under(&self.root)
+            .into_iter()
+            .filter(|m| !self.before.contains(m))
+            .collect()
+    }
+
+    /// The new mount points, each once.
+    pub fn distinct(&self) -> BTreeSet<PathBuf> {
+        self.list().into_iter().collect()
+    }
+
+    /// Waits up to `timeout` for every new mount to be gone; panics with `what` and the ones
+    /// left otherwise.
+    #[track_caller]
+    pub fn assert_gone_within(&self, timeout: Duration, what: &str) {
+        if !wait_until(timeout, || self.list().is_empty()) {
+            panic!("{what}: {:?}", self.list());
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
