@@ -220,7 +220,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 }
 
 /// A path field of /proc/*/mountinfo with its octal escapes (`\040` for a space) decoded.
-pub fn mountinfo_path(field: &str) -> PathBuf {
+fn mountinfo_path(field: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
