@@ -7,6 +7,20 @@
 //! writes (`file::InodeIo::defer`); and the attributes after a change are computed rather than
 //! fetched when what they were is fresh. A chown the server refuses is ignored unless
 //! `strict_chown` (Docker's copy-up chowns every file it copies).
+//!
+//! Never a symlink's target: SFTP SETSTAT follows symlinks on the server, so `touch -h` or
+//! `lchown` on a link (Docker's copy-up lchowns and lutimes every link it copies) would change
+//! what the link points to, possibly outside the volume's remote path, and fail with ENOENT on
+//! a dangling link. The rule for a setattr by path (one through an open handle cannot meet a
+//! link):
+//! - an inode shown as a symlink: ownership and times go through `lsetstat@openssh.com`; a
+//!   server without it gets nothing (the call succeeds and the attributes stay as they are:
+//!   never the target's). A mode is EOPNOTSUPP and a size EINVAL, as Linux answers for a link.
+//! - any other inode: size and mode by SETSTAT (SFTP has no mode change that does not follow);
+//!   ownership and times by `lsetstat` when offered, so a file that another client replaced
+//!   with a symlink since we looked is not followed either; without it, SETSTAT.
+//! - with `follow_symlinks` the mount shows a link as its target, so SETSTAT (following) is
+//!   what the caller asks for; a dangling link still shows as a link and takes the first rule.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -46,6 +60,7 @@ impl Change {
             && self.atime.is_none()
             && self.mtime.is_none()
             && self.uid.is_none()
+            && self.gid.is_none()
     }
 
     /// Only mode and times: what can wait for the open file's queued writes.
@@ -164,9 +179,11 @@ impl Fs {
             set.gid = want_gid;
         }
 
+        let link = handle.is_none() && self.link_rule(path.as_deref(), &base, &mut set).await?;
         let target = Target {
             handle: handle.as_ref(),
             path: path.as_deref(),
+            link,
         };
         let chown_ignored = self
             .apply_allowing_refused_chown(&target, set.clone(), chown, ino)
@@ -245,12 +262,76 @@ impl Fs {
     async fn send_attrs(&self, target: &Target<'_>, set: FileAttributes) -> Result<(), Error> {
         match (target.handle, target.path) {
             (Some(h), _) => h.file.fsetstat(set).await,
-            (None, Some(p)) => self.sftp.setstat(&self.full(p), set).await,
+            (None, Some(p)) => self.setstat_by_path(&self.full(p), set, target.link).await,
             (None, None) => Err(Error::Status {
                 code: StatusCode::NoSuchFile,
                 message: String::new(),
             }),
         }
+    }
+
+    /// Whether a path-based setattr acts on a symlink, from the attributes shown for the inode
+    /// (`known`; no mode means nothing is known) or else a fresh look. For a link, trims `set`
+    /// to what is applied to the link itself, or fails as Linux does.
+    async fn link_rule(
+        &self,
+        path: Option<&str>,
+        known: &FileAttributes,
+        set: &mut FileAttributes,
+    ) -> Result<bool, Errno> {
+        let link = match (known.permissions, path) {
+            (Some(_), _) => attr::is_symlink(known),
+            (None, Some(p)) => match self.stat_remote(p).await {
+                Ok(a) => attr::is_symlink(&a),
+                Err(e) => return Err(errno(&e)),
+            },
+            (None, None) => false,
+        };
+        if !link {
+            return Ok(false);
+        }
+        if set.permissions.is_some() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if set.size.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        if !self.sftp.has_lsetstat() && (set.uid.is_some() || set.atime.is_some()) {
+            tracing::debug!(
+                path,
+                "server lacks lsetstat@openssh.com: ownership and times of a symlink not set"
+            );
+            *set = FileAttributes::default();
+        }
+        Ok(true)
+    }
+
+    /// SETSTAT by path, or the part of it that must not follow a symlink by `lsetstat` (the
+    /// module's rule). `link` and `set` come from `link_rule`.
+    async fn setstat_by_path(
+        &self,
+        full: &str,
+        set: FileAttributes,
+        link: bool,
+    ) -> Result<(), Error> {
+        if link {
+            return self.sftp.lsetstat(full, &set).await;
+        }
+        if self.follow_symlinks || !self.sftp.has_lsetstat() {
+            return self.sftp.setstat(full, set).await;
+        }
+        let follows = FileAttributes {
+            size: set.size,
+            permissions: set.permissions,
+            ..FileAttributes::default()
+        };
+        if follows.size.is_some() || follows.permissions.is_some() {
+            self.sftp.setstat(full, follows).await?;
+        }
+        if set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some() {
+            self.sftp.lsetstat(full, &set).await?;
+        }
+        Ok(())
     }
 
     /// Records attributes we changed (fresh, and ctime moved).
@@ -267,4 +348,6 @@ impl Fs {
 struct Target<'a> {
     handle: Option<&'a Arc<OpenFile>>,
     path: Option<&'a str>,
+    /// The path is a symlink (see the module's rule).
+    link: bool,
 }

@@ -89,6 +89,8 @@ struct Remote {
     reconnects: AtomicU64,
     last_error: Mutex<Option<String>>,
     posix_rename: bool,
+    /// The server announced `lsetstat@openssh.com` (see `Sftp::lsetstat`).
+    lsetstat: bool,
     /// Bytes per READ and per WRITE packet, from the latest connection.
     read_len: AtomicUsize,
     write_len: AtomicUsize,
@@ -126,6 +128,7 @@ impl Sftp {
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(None),
             posix_rename: features.posix_rename,
+            lsetstat: features.lsetstat,
             read_len: AtomicUsize::new(features.read_len),
             write_len: AtomicUsize::new(features.write_len),
         });

@@ -41,6 +41,9 @@ pub fn longname_nlink(longname: &str) -> Option<u32> {
     fields.next()?.parse().ok().filter(|n| *n >= 1)
 }
 
+/// OpenSSH's extension that sets attributes without following a symlink (its PROTOCOL §4.10).
+pub(super) const LSETSTAT: &str = "lsetstat@openssh.com";
+
 fn status_ok(packet: Packet) -> RawResult<()> {
     match packet {
         Packet::Status(st) if st.status_code == StatusCode::Ok => Ok(()),
@@ -70,6 +73,36 @@ impl Sftp {
         self.on_any_channel(|c| {
             let attrs = attrs.clone();
             async move { c.raw.setstat(path, attrs).await.map(drop) }
+        })
+        .await
+    }
+
+    /// Whether the server can set attributes on a symlink itself ([`Sftp::lsetstat`]).
+    pub fn has_lsetstat(&self) -> bool {
+        self.remote.lsetstat
+    }
+
+    /// `lsetstat@openssh.com`: sets the ownership and times of `path` itself, never of what a
+    /// symlink there points to (OpenSSH applies them with fchownat/utimensat and
+    /// AT_SYMLINK_NOFOLLOW). Only uid/gid and times are sent: OpenSSH refuses a size, and a
+    /// mode fails on Linux (fchmodat cannot change a symlink). Check [`Sftp::has_lsetstat`]
+    /// first: a server without it may not even answer.
+    pub async fn lsetstat(&self, path: &str, attrs: &FileAttributes) -> Result<(), Error> {
+        let attrs = FileAttributes {
+            uid: attrs.uid,
+            gid: attrs.gid,
+            atime: attrs.atime,
+            mtime: attrs.mtime,
+            ..FileAttributes::empty()
+        };
+        let mut data = Vec::with_capacity(path.len() + 32);
+        put_string(&mut data, path);
+        let encoded =
+            russh_sftp::ser::to_bytes(&attrs).map_err(|e| Error::Other(e.to_string()))?;
+        data.extend_from_slice(&encoded);
+        self.on_any_channel(|c| {
+            let data = data.clone();
+            async move { status_ok(c.raw.extended(LSETSTAT, data).await?) }
         })
         .await
     }

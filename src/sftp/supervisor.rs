@@ -47,6 +47,8 @@ pub(super) enum ConnState {
 #[derive(Clone, Copy)]
 pub(super) struct Features {
     pub(super) posix_rename: bool,
+    /// `lsetstat@openssh.com`: attributes set on a symlink itself (see `Sftp::lsetstat`).
+    pub(super) lsetstat: bool,
     pub(super) read_len: usize,
     pub(super) write_len: usize,
 }
@@ -65,6 +67,7 @@ pub(super) async fn establish(
     if !posix_rename {
         tracing::warn!("server lacks posix-rename@openssh.com; rename over a file may fail");
     }
+    let lsetstat = extensions.contains_key(super::ops::LSETSTAT);
     // Only asked when announced: a server that does not know the request may not answer it.
     let limits = if extensions.contains_key("limits@openssh.com") {
         raw.limits().await.ok()
@@ -73,11 +76,13 @@ pub(super) async fn establish(
     };
     let features = Features {
         posix_rename,
+        lsetstat,
         read_len: io_len(limits.as_ref().map(|l| l.max_read_len)),
         write_len: io_len(limits.as_ref().map(|l| l.max_write_len)),
     };
     tracing::debug!(
         posix_rename,
+        lsetstat,
         read_len = features.read_len,
         write_len = features.write_len,
         "sftp-server features"
