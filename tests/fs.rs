@@ -878,16 +878,7 @@ fn uid_gid_umask_presentation() {
 #[test]
 fn password_login_via_stdin() {
     let sshd = Sshd::start();
-    let remote = format!("{TEST_USER}@127.0.0.1:{}", sshd.user_data.display());
-    let m = Mount::with_stdin(
-        sshd.port,
-        &remote,
-        &format!(
-            "password_stdin,StrictHostKeyChecking=no,UserKnownHostsFile={}",
-            sshd.dir.path().join("known_hosts").display()
-        ),
-        Some(&format!("{TEST_PASSWORD}\n")),
-    );
+    let m = Mount::password_user(&sshd);
     fs::write(m.path("pw.txt"), b"by password").expect("write as the password user");
     let md = fs::metadata(sshd.user_data.join("pw.txt")).unwrap();
     assert_eq!(

@@ -208,16 +208,7 @@ fn non_root_login_lchown_is_ignored_and_touch_h_works() {
     for name in own_links.names() {
         std::os::unix::fs::lchown(sshd.user_data.join(name), Some(user.0), Some(user.1)).unwrap();
     }
-    let remote = format!("{TEST_USER}@127.0.0.1:{}", sshd.user_data.display());
-    let m = Mount::with_stdin(
-        sshd.port,
-        &remote,
-        &format!(
-            "password_stdin,StrictHostKeyChecking=no,UserKnownHostsFile={}",
-            sshd.dir.path().join("known_hosts").display()
-        ),
-        Some(&format!("{TEST_PASSWORD}\n")),
-    );
+    let m = Mount::password_user(&sshd);
 
     for name in root_links.names() {
         let out = chown_h(&m, name, user);

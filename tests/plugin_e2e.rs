@@ -9,12 +9,11 @@ mod e2e;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::thread;
 use std::time::Duration;
 
 use e2e::{
-    DOCKER_TIMEOUT, Kind, NewFuseMounts, Out, assert_all, assert_mentions, assert_not_mentions,
-    docker, run_cmd_env, setup, volume_listed, wait_until,
+    DOCKER_TIMEOUT, DockerdLog, Kind, NewFuseMounts, Out, assert_all, assert_mentions,
+    assert_not_mentions, docker, run_cmd_env, setup, volume_listed, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -545,14 +544,7 @@ fn debug_setting_logs_without_secrets() {
     let Some(ctx) = setup("debug_setting_logs_without_secrets", Kind::Exclusive) else {
         return;
     };
-    let log_file = std::env::var("SSHFS_DOCKERD_LOG")
-        .ok()
-        .filter(|f| !f.is_empty());
-    let log_start = log_file
-        .as_ref()
-        .and_then(|f| fs::metadata(f).ok())
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let log = DockerdLog::from_now();
     let _settings = ctx.plugin_settings(&[("DEBUG", "1".to_string())]);
     let id = ctx.plugin_id();
 
@@ -577,19 +569,16 @@ fn debug_setting_logs_without_secrets() {
         docker(&["volume", "inspect", "-f", "{{json .Status}}", bad.as_str()]).ok("volume inspect");
     assert_not_mentions(&inspect.stdout, secret, "Status with DEBUG=1");
 
-    let Some(log_file) = log_file else {
-        eprintln!("note: SSHFS_DOCKERD_LOG not set: the plugin's log was not checked");
+    let Some(log) = log else {
+        eprintln!("note: dockerd's log is not a file here: the plugin's log was not checked");
         return;
     };
-    // dockerd writes plugin output asynchronously.
-    thread::sleep(Duration::from_secs(1));
-    let bytes = fs::read(&log_file).unwrap_or_else(|e| panic!("reading {log_file}: {e}"));
-    let new = String::from_utf8_lossy(&bytes[(log_start as usize).min(bytes.len())..]).into_owned();
-    let ours: Vec<&str> = new.lines().filter(|l| l.contains(&id)).collect();
-    let joined = ours.join("\n");
+    let joined = log.plugin_lines(&id);
+    let ours: Vec<&str> = joined.lines().collect();
     assert!(
         ours.iter().any(|l| l.contains(vol.as_str())),
-        "with DEBUG=1 the plugin's log (in {log_file}, tagged {id}) should name the volume {}; got {} lines:\n{}",
+        "with DEBUG=1 the plugin's log (in {}, tagged {id}) should name the volume {}; got {} lines:\n{}",
+        log.file.display(),
         vol.name,
         ours.len(),
         ours.iter()

@@ -15,13 +15,12 @@ mod faults_helpers;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use e2e::{
-    Container, Kind, LABEL, NewFuseMounts, RemoveDir, assert_all, assert_mentions,
+    Container, DockerdLog, Kind, LABEL, NewFuseMounts, RemoveDir, assert_all, assert_mentions,
     assert_not_mentions, docker, run_cmd, setup, volume_listed, wait_until,
 };
 use faults_helpers::*;
@@ -567,11 +566,10 @@ fn secrets_stay_secret_with_debug_logging() {
         return;
     };
     let id = ctx.plugin_id();
-    let log = dockerd().log;
+    let log = DockerdLog::from_now();
     if log.is_none() {
         eprintln!("note: dockerd's stderr is not a file here; the plugin log is not checked");
     }
-    let log_from = log.as_deref().map(file_len).unwrap_or(0);
 
     let pid = std::process::id();
     let wrong = format!("Wrong-Pw-{pid}-zq7");
@@ -731,13 +729,11 @@ fn secrets_stay_secret_with_debug_logging() {
 
     // The plugin's log at DEBUG level.
     if let Some(log) = &log {
-        // Let dockerd write out what the plugin printed.
-        thread::sleep(Duration::from_millis(500));
-        let lines = plugin_log_since(log, log_from, &id);
+        let lines = log.plugin_lines(&id);
         assert!(
             lines.contains("DEBUG") || lines.contains("debug"),
             "DEBUG=1 should produce debug lines in {}; got:\n{}",
-            log.display(),
+            log.file.display(),
             lines.lines().rev().take(20).collect::<Vec<_>>().join("\n")
         );
         assert!(
@@ -748,7 +744,7 @@ fn secrets_stay_secret_with_debug_logging() {
             if let Some(line) = lines.lines().find(|l| l.contains(secret.as_str())) {
                 panic!(
                     "a secret appears in the plugin's log ({}): {line}",
-                    log.display()
+                    log.file.display()
                 );
             }
         }

@@ -7,16 +7,12 @@
 //! Run with `tests/run.sh --test plugin_shutdown` (SSHFS_E2E=1; without it the test skips).
 
 mod e2e;
-#[path = "e2e/faults_helpers.rs"]
-mod faults_helpers;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use e2e::{Kind, docker, run_cmd, setup, wait_until};
-use faults_helpers::plugin_log_since;
+use e2e::{DockerdLog, Kind, docker, run_cmd, setup, wait_until};
 
 /// A TCP server that accepts connections and never sends a byte (an SSH server that hangs).
 fn black_hole() -> u16 {
@@ -45,14 +41,7 @@ fn disable_drains_every_volume_while_a_mount_hangs() {
     let Some(ctx) = setup("disable_drains_every_volume", Kind::Exclusive) else {
         return;
     };
-    let log = std::env::var("SSHFS_DOCKERD_LOG")
-        .ok()
-        .filter(|f| !f.is_empty())
-        .map(PathBuf::from);
-    let log_start = log
-        .as_ref()
-        .and_then(|l| std::fs::metadata(l).ok())
-        .map_or(0, |m| m.len());
+    let log = DockerdLog::from_now();
     let id = ctx.plugin_id();
 
     // A volume whose server never answers: its Mount hangs (ConnectTimeout far beyond 10 s).
@@ -126,13 +115,13 @@ fn disable_drains_every_volume_while_a_mount_hangs() {
         "the server's copy is what the container wrote"
     );
     if let Some(log) = &log {
-        let lines = plugin_log_since(log, log_start, &id);
+        let lines = log.plugin_lines(&id);
         assert!(
             lines.contains("stopped: every volume drained and unmounted"),
             "the plugin's log shows a complete shutdown:\n{lines}"
         );
     } else {
-        eprintln!("note: SSHFS_DOCKERD_LOG not set: the plugin's log was not checked");
+        eprintln!("note: dockerd's log is not a file here: the plugin's log was not checked");
     }
     drop(_reenable);
     let out = hanging.join().unwrap();

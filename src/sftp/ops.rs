@@ -97,8 +97,7 @@ impl Sftp {
         };
         let mut data = Vec::with_capacity(path.len() + 32);
         put_string(&mut data, path);
-        let encoded =
-            russh_sftp::ser::to_bytes(&attrs).map_err(|e| Error::Other(e.to_string()))?;
+        let encoded = russh_sftp::ser::to_bytes(&attrs).map_err(|e| Error::Other(e.to_string()))?;
         data.extend_from_slice(&encoded);
         self.on_any_channel(|c| {
             let data = data.clone();

@@ -360,6 +360,22 @@ impl Mount {
         Self::new(sshd, &sshd.remote(sub), &o)
     }
 
+    /// [`TEST_USER`]'s own directory (`sshd.user_data`), logged in with its password read from
+    /// stdin (`password_stdin`): a login that may not give files away.
+    pub fn password_user(sshd: &Sshd) -> Mount {
+        let remote = format!("{TEST_USER}@127.0.0.1:{}", sshd.user_data.display());
+        let options = format!(
+            "password_stdin,StrictHostKeyChecking=no,UserKnownHostsFile={}",
+            sshd.dir.path().join("known_hosts").display()
+        );
+        Self::with_stdin(
+            sshd.port,
+            &remote,
+            &options,
+            Some(&format!("{TEST_PASSWORD}\n")),
+        )
+    }
+
     pub fn with_stdin(port: u16, remote: &str, options: &str, stdin: Option<&str>) -> Mount {
         let dir = TempDir::new("mnt");
         let mountpoint = dir.path().join("m");

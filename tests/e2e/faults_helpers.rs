@@ -504,25 +504,6 @@ fn dockerd_alive() -> bool {
         .any(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "dockerd"))
 }
 
-/// The plugin's lines in dockerd's log, starting at byte `from`.
-pub fn plugin_log_since(log: &Path, from: u64, id: &str) -> String {
-    let mut f = fs::File::open(log).unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
-    use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(from)).unwrap();
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).unwrap();
-    let tag = format!("plugin={id}");
-    String::from_utf8_lossy(&buf)
-        .lines()
-        .filter(|l| l.contains(&tag))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-pub fn file_len(p: &Path) -> u64 {
-    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Misc
 

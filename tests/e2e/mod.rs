@@ -739,3 +739,52 @@ impl NewFuseMounts {
         }
     }
 }
+
+/// dockerd's log, read from a point on: the plugin's output lands there, each line tagged
+/// `plugin=<id>`. The file is SSHFS_DOCKERD_LOG (tests/run.sh sets it), else dockerd's stderr
+/// when that is a regular file.
+pub struct DockerdLog {
+    pub file: PathBuf,
+    from: u64,
+}
+
+impl DockerdLog {
+    /// The log from its current end; `None` when dockerd's log is not a file we can find.
+    pub fn from_now() -> Option<DockerdLog> {
+        let file = std::env::var("SSHFS_DOCKERD_LOG")
+            .ok()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+            .or_else(dockerd_stderr_file)?;
+        let from = fs::metadata(&file).map_or(0, |m| m.len());
+        Some(DockerdLog { file, from })
+    }
+
+    /// The plugin's lines written since, after a moment for dockerd to write them out.
+    pub fn plugin_lines(&self, plugin_id: &str) -> String {
+        thread::sleep(Duration::from_secs(1));
+        let bytes =
+            fs::read(&self.file).unwrap_or_else(|e| panic!("reading {}: {e}", self.file.display()));
+        let new = &bytes[(self.from as usize).min(bytes.len())..];
+        let tag = format!("plugin={plugin_id}");
+        String::from_utf8_lossy(new)
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Where the running dockerd's stderr goes, when that is a regular file.
+fn dockerd_stderr_file() -> Option<PathBuf> {
+    let pid = fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "dockerd")
+        })?;
+    fs::read_link(format!("/proc/{pid}/fd/2"))
+        .ok()
+        .filter(|p| p.is_file())
+}
