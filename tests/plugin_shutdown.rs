@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use e2e::{DockerdLog, Kind, docker, run_cmd, setup, wait_until};
+use e2e::{DockerdLog, Kind, docker, setup, wait_until};
 
 /// A TCP server that accepts connections and never sends a byte (an SSH server that hangs).
 fn black_hole() -> u16 {
@@ -76,58 +76,43 @@ fn disable_drains_every_volume_while_a_mount_hangs() {
     assert!(written, "the container wrote its 8 MiB");
 
     // Start the Mount that hangs, and give the plugin time to be inside it.
-    let stuck_name = stuck.name.clone();
-    let hanging = thread::spawn(move || {
-        run_cmd(
-            "docker",
-            &[
-                "run",
-                "--rm",
-                "--label",
-                e2e::LABEL,
-                "--network",
-                "none",
-                "-v",
-                &format!("{stuck_name}:/data"),
-                "sshfs-test/busybox:latest",
-                "true",
-            ],
-            Duration::from_secs(150),
-        )
-    });
-    thread::sleep(Duration::from_secs(3));
+    thread::scope(|scope| {
+        let hanging = scope.spawn(|| ctx.run(stuck.as_str(), &[], "true"));
+        thread::sleep(Duration::from_secs(3));
 
-    let _reenable = Reenable(ctx.cfg.plugin.clone());
-    let started = Instant::now();
-    docker(&["plugin", "disable", "-f", ctx.cfg.plugin.as_str()]).ok("docker plugin disable -f");
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(9),
-        "disable took {took:?}: the plugin did not stop by itself within dockerd's 10 s \
-         (a hanging Mount held up the shutdown, and dockerd had to SIGKILL it)"
-    );
-    let on_server = std::fs::read(dir.host.join("open.bin")).unwrap_or_default();
-    assert_eq!(on_server.len(), 8 * 1024 * 1024, "bytes on the server");
-    assert!(
-        on_server
-            .chunks(17)
-            .all(|c| b"0123456789abcdef\n".starts_with(c)),
-        "the server's copy is what the container wrote"
-    );
-    if let Some(log) = &log {
-        let lines = log.plugin_lines(&id);
+        let reenable = Reenable(ctx.cfg.plugin.clone());
+        let started = Instant::now();
+        docker(&["plugin", "disable", "-f", ctx.cfg.plugin.as_str()])
+            .ok("docker plugin disable -f");
+        let took = started.elapsed();
         assert!(
-            lines.contains("stopped: every volume drained and unmounted"),
-            "the plugin's log shows a complete shutdown:\n{lines}"
+            took < Duration::from_secs(9),
+            "disable took {took:?}: the plugin did not stop by itself within dockerd's 10 s \
+             (a hanging Mount held up the shutdown, and dockerd had to SIGKILL it)"
         );
-    } else {
-        eprintln!("note: dockerd's log is not a file here: the plugin's log was not checked");
-    }
-    drop(_reenable);
-    let out = hanging.join().unwrap();
-    assert!(
-        !out.success(),
-        "the Mount on a dead server cannot have succeeded"
-    );
+        let on_server = std::fs::read(dir.host.join("open.bin")).unwrap_or_default();
+        assert_eq!(on_server.len(), 8 * 1024 * 1024, "bytes on the server");
+        assert!(
+            on_server
+                .chunks(17)
+                .all(|c| b"0123456789abcdef\n".starts_with(c)),
+            "the server's copy is what the container wrote"
+        );
+        if let Some(log) = &log {
+            let lines = log.plugin_lines(&id);
+            assert!(
+                lines.contains("stopped: every volume drained and unmounted"),
+                "the plugin's log shows a complete shutdown:\n{lines}"
+            );
+        } else {
+            eprintln!("note: dockerd's log is not a file here: the plugin's log was not checked");
+        }
+        drop(reenable);
+        let out = hanging.join().unwrap();
+        assert!(
+            !out.success(),
+            "the Mount on a dead server cannot have succeeded"
+        );
+    });
     drop(holder);
 }
