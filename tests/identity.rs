@@ -171,6 +171,14 @@ fn unlinked_while_open_survives_a_reconnect_until_the_last_close() {
         names(&m.mountpoint).is_empty(),
         "the name is gone from the mount"
     );
+    sshd.kill_sessions();
+    f.write_all(&data[MIB..])
+        .expect("a write after the reconnect");
+    f.sync_all().expect("fsync after the reconnect");
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).expect("read after the reconnect");
+    assert!(back == data, "everything written reads back");
     let hidden = reserved_names(&server);
     assert_eq!(
         hidden.len(),
@@ -181,14 +189,6 @@ fn unlinked_while_open_survives_a_reconnect_until_the_last_close() {
         fs::metadata(m.path(&hidden[0])).is_err(),
         "a lookup of the reserved name finds nothing"
     );
-    sshd.kill_sessions();
-    f.write_all(&data[MIB..])
-        .expect("a write after the reconnect");
-    f.sync_all().expect("fsync after the reconnect");
-    f.seek(SeekFrom::Start(0)).unwrap();
-    let mut back = Vec::new();
-    f.read_to_end(&mut back).expect("read after the reconnect");
-    assert!(back == data, "everything written reads back");
     assert!(
         fs::read(server.join(&hidden[0])).unwrap() == data,
         "the writes landed in the hidden file"

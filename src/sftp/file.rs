@@ -71,11 +71,24 @@ impl File {
                 },
             ));
         }
-        let path = self.path.lock().clone().ok_or_else(no_name)?;
-        tracing::debug!(%path, "reopening file after reconnect");
-        let h = open_on(conn, &path, self.reopen_flags, FileAttributes::empty()).await?;
-        *self.open.lock() = Some(h.clone());
-        Ok(h)
+        loop {
+            let path = self.path.lock().clone().ok_or_else(no_name)?;
+            tracing::debug!(%path, "reopening file after reconnect");
+            let h = open_on(conn, &path, self.reopen_flags, FileAttributes::empty()).await?;
+            if self.still_at(&path) {
+                *self.open.lock() = Some(h.clone());
+                return Ok(h);
+            }
+            discard(h);
+        }
+    }
+
+    /// True if the file is still known at `path`: a handle opened by it while it was there is
+    /// on the file itself. The filesystem hands on a rename's new name before the rename
+    /// returns to its caller, so before anything through the mount can take the old name; a
+    /// handle opened by a name that changed meanwhile may be on such a newcomer: not used.
+    fn still_at(&self, path: &str) -> bool {
+        self.path.lock().as_deref() == Some(path)
     }
 
     /// The file's current path on the server (it was renamed), or `None` (it was removed, or
@@ -125,11 +138,14 @@ impl File {
                 attrs,
             )
         });
-        let opened: Vec<_> = futures::future::join_all(opens)
+        let mut opened: Vec<_> = futures::future::join_all(opens)
             .await
             .into_iter()
             .filter_map(Result::ok)
             .collect();
+        if !self.still_at(&path) {
+            opened.drain(..).for_each(discard);
+        }
         tracing::debug!(%path, channels = opened.len() + 1, "spreading writes");
         *self.stripes.lock() = opened;
     }
@@ -373,6 +389,13 @@ impl Sftp {
             written: AtomicU64::new(0),
         })
     }
+}
+
+/// Closes a handle that is not used, in the background.
+fn discard(h: OpenHandle) {
+    tokio::spawn(async move {
+        let _ = h.channel.raw.close(h.handle.as_str()).await;
+    });
 }
 
 /// Why a file with no name left cannot be reopened (see `File::path`).
