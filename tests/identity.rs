@@ -33,6 +33,27 @@ fn reserved_names(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+fn open_rw(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// After a reconnect: appends `more` through `f`, fsyncs, and reads the whole file back
+/// through it.
+fn write_then_read_all(f: &mut fs::File, more: &[u8]) -> Vec<u8> {
+    f.write_all(more).expect("a write after the reconnect");
+    f.sync_all().expect("fsync after the reconnect");
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).expect("read after the reconnect");
+    back
+}
+
 /// Polls until `cond` holds (the kernel sends RELEASE some time after close(2) returns).
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(10);
@@ -76,24 +97,13 @@ fn rename_then_reconnect_keeps_writing_the_renamed_file() {
     fs::create_dir(sshd.data.join("moved")).unwrap();
     let m = Mount::root(&sshd, "moved", FAST);
     let data = pseudo_random(22, 2 * MIB);
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(m.path("a"))
-        .unwrap();
+    let mut f = open_rw(&m.path("a"));
     f.write_all(&data[..MIB]).unwrap();
     f.sync_all().unwrap();
     fs::rename(m.path("a"), m.path("b")).unwrap();
     drop(fs::File::create(m.path("a")).unwrap());
     sshd.kill_sessions();
-    f.write_all(&data[MIB..])
-        .expect("a write after the reconnect");
-    f.sync_all().expect("fsync after the reconnect");
-    f.seek(SeekFrom::Start(0)).unwrap();
-    let mut back = Vec::new();
-    f.read_to_end(&mut back).expect("read after the reconnect");
+    let back = write_then_read_all(&mut f, &data[MIB..]);
     assert!(
         back == data,
         "read back through the descriptor: what was written"
@@ -158,13 +168,7 @@ fn unlinked_while_open_survives_a_reconnect_until_the_last_close() {
     fs::create_dir(&server).unwrap();
     let m = Mount::root(&sshd, "gone", FAST);
     let data = pseudo_random(33, MIB + 12345);
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(m.path("u"))
-        .unwrap();
+    let mut f = open_rw(&m.path("u"));
     f.write_all(&data[..MIB]).unwrap();
     fs::remove_file(m.path("u")).unwrap();
     assert!(
@@ -172,12 +176,7 @@ fn unlinked_while_open_survives_a_reconnect_until_the_last_close() {
         "the name is gone from the mount"
     );
     sshd.kill_sessions();
-    f.write_all(&data[MIB..])
-        .expect("a write after the reconnect");
-    f.sync_all().expect("fsync after the reconnect");
-    f.seek(SeekFrom::Start(0)).unwrap();
-    let mut back = Vec::new();
-    f.read_to_end(&mut back).expect("read after the reconnect");
+    let back = write_then_read_all(&mut f, &data[MIB..]);
     assert!(back == data, "everything written reads back");
     let hidden = reserved_names(&server);
     assert_eq!(
