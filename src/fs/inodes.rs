@@ -3,7 +3,8 @@
 //!
 //! Inode numbers are never reused. A rename moves the entry (and everything below it) so open
 //! files and cached dentries keep their inode; an unlinked or replaced entry stays as an orphan
-//! without a path until the kernel forgets it.
+//! without a path until the kernel forgets it. An entry unlinked while open keeps a path: the
+//! reserved name it was hidden under (`hidden`), until its last release removes it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Instant, SystemTime};
@@ -29,6 +30,9 @@ pub struct Node {
     pub listing: Option<(HashSet<String>, Instant)>,
     /// Link count, when a listing or our own link() told us (SFTP v3 attributes have none).
     pub nlink: Option<u32>,
+    /// `path` is a reserved name this entry was hidden under when it was unlinked while open:
+    /// it goes at the last release.
+    pub hidden: bool,
 }
 
 impl Node {
@@ -41,6 +45,7 @@ impl Node {
             ctime_floor: None,
             listing: None,
             nlink: None,
+            hidden: false,
         }
     }
 
@@ -198,6 +203,28 @@ impl Inodes {
         }
     }
 
+    /// The entry at `from` was unlinked while open and renamed to the reserved name `to`.
+    pub fn hide(&mut self, from: &str, to: &str) {
+        self.rename(from, to);
+        if let Some(n) = self.node_at(to) {
+            n.hidden = true;
+            n.nlink = Some(0);
+            n.stale();
+        }
+    }
+
+    /// For an entry hidden by `hide` whose last handle was released: forgets its reserved
+    /// name and returns it, to be removed (once: a second call returns `None`).
+    pub fn take_hidden(&mut self, ino: u64) -> Option<String> {
+        let node = self.nodes.get_mut(&ino)?;
+        if !std::mem::take(&mut node.hidden) {
+            return None;
+        }
+        let path = node.path.clone()?;
+        self.detach(&path);
+        Some(path)
+    }
+
     /// `path` and every known path below it.
     fn subtree(&self, path: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -312,6 +339,22 @@ mod tests {
         assert_ne!(f, f2);
         t.forget(f, 1);
         assert_eq!(t.ino_of("f"), Some(f2));
+    }
+
+    #[test]
+    fn hidden_entries_move_with_their_directory_and_go_once() {
+        let mut t = Inodes::new();
+        let d = t.looked_up("d", a(), None);
+        let f = t.looked_up("d/f", a(), None);
+        t.hide("d/f", "d/.h");
+        assert_eq!(t.ino_of("d/f"), None);
+        t.rename("d", "e");
+        assert_eq!(t.path(f).as_deref(), Some("e/.h"));
+        assert_eq!(t.get(f).unwrap().nlink, Some(0));
+        assert_eq!(t.take_hidden(f).as_deref(), Some("e/.h"));
+        assert_eq!(t.take_hidden(f), None);
+        assert_eq!(t.path(f), None);
+        assert_eq!(t.take_hidden(d), None, "never hidden");
     }
 
     #[test]

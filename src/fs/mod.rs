@@ -27,11 +27,13 @@
 //! - `errno`: the one SFTP status -> errno policy.
 //! - `statfs`: free space.
 //! - `file`, `inodes`, `attr`: an open file's I/O, the inode table, how attributes are shown.
+//! - `hidden`: reserved names for files unlinked while open, and leftovers of earlier mounts.
 
 mod ahead;
 mod attr;
 mod errno;
 mod file;
+mod hidden;
 mod inodes;
 mod kernel;
 mod namespace;
@@ -87,6 +89,8 @@ struct Fs {
     /// File and directory handle numbers, from one counter.
     next_fh: AtomicU64,
     creator: Mutex<Creator>,
+    /// Names for files unlinked while open (`hidden`).
+    hiding: hidden::Hiding,
 }
 
 impl Fs {
@@ -96,6 +100,8 @@ impl Fs {
         } else {
             Duration::ZERO
         };
+        let hiding = hidden::Hiding::new();
+        rt.spawn(hiding.clean_root(sftp.clone()));
         Fs {
             sftp,
             rt,
@@ -114,12 +120,17 @@ impl Fs {
             ahead: ahead::Ahead::default(),
             next_fh: AtomicU64::new(1),
             creator: Mutex::new(Creator::default()),
+            hiding,
         }
     }
 
     /// The server's path of a path relative to the mount root.
     fn full(&self, rel: &str) -> String {
-        let root = self.sftp.root();
+        Self::join(self.sftp.root(), rel)
+    }
+
+    /// `rel` (relative, "" for itself) below the server directory `root`.
+    fn join(root: &str, rel: &str) -> String {
         if rel.is_empty() {
             root.to_string()
         } else if root.ends_with('/') {

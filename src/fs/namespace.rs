@@ -1,6 +1,10 @@
 //! Names and their attributes: lookup, getattr, readlink, and the calls that add or remove a
 //! name (mkdir, mknod, unlink, rmdir, symlink, rename, link). Each keeps the inode table and the
 //! cached listings in step with what it did, so the change shows through the mount at once.
+//!
+//! A file keeps its identity through rename and unlink: open files are told their new remote
+//! path (`sync_names`), and a file unlinked while open is hidden under a reserved name until
+//! its last release (`hidden`), so it can still be reopened after a reconnect.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -14,6 +18,9 @@ use super::Fs;
 use super::attr::{self, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID};
 use super::errno::{errno, is_enoent};
 use super::file::OpenFile;
+use super::hidden::is_reserved;
+use super::inodes::child_path;
+use super::open::remove_hidden;
 use crate::sftp::{Error, FileAttributes, OpenFlags};
 
 /// A reply to a lookup-like request: an entry, or (with caching) a cached "no such name".
@@ -55,6 +62,9 @@ impl Fs {
 
     pub(super) async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, Errno> {
         let (_, name, cpath) = self.child_of(parent, name)?;
+        if is_reserved(&name) {
+            return Ok(Entry::Absent);
+        }
         let existing = {
             let mut t = self.nodes.lock();
             let now = Instant::now();
@@ -252,31 +262,93 @@ impl Fs {
     pub(super) async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
         self.removing(&ppath, &cpath);
-        let full = self.full(&cpath);
-        let removed = self.sftp.remove(&full).await;
-        self.removing(&ppath, &cpath);
-        if let Err(e) = removed {
-            return Err(self.unlink_errno(&e, &full).await);
+        let open = self.nodes.lock().ino_of(&cpath);
+        let open = open.filter(|&ino| self.io_of(ino).is_some());
+        let hidden = match open {
+            Some(ino) => self.hide(ino, &ppath, &cpath).await,
+            None => false,
+        };
+        if !hidden {
+            let full = self.full(&cpath);
+            let removed = self.sftp.remove(&full).await;
+            if let Err(e) = removed {
+                self.removing(&ppath, &cpath);
+                return Err(self.unlink_errno(&e, &full).await);
+            }
+            self.nodes.lock().detach(&cpath);
         }
-        let mut t = self.nodes.lock();
-        t.detach(&cpath);
-        t.dir_changed(&ppath, None, Some(&name));
+        self.removing(&ppath, &cpath);
+        self.nodes.lock().dir_changed(&ppath, None, Some(&name));
+        self.sync_names();
         Ok(())
+    }
+
+    /// Unlinks `cpath`, whose inode `ino` has open handles, by renaming it to a reserved name
+    /// in the same directory (see `hidden`): sftp-server keeps an unlinked file's descriptor
+    /// only while the connection lasts, and a hidden file can be reopened after a reconnect.
+    /// False if the server refused the rename (the caller removes the file instead).
+    async fn hide(&self, ino: u64, ppath: &str, cpath: &str) -> bool {
+        let hpath = child_path(ppath, &self.hiding.name(ino));
+        if let Err(e) = self
+            .sftp
+            .rename(&self.full(cpath), &self.full(&hpath))
+            .await
+        {
+            tracing::debug!(
+                path = cpath,
+                "could not hide a file unlinked while open: {e}"
+            );
+            return false;
+        }
+        self.nodes.lock().hide(cpath, &hpath);
+        self.sync_names();
+        // The last handle may have been released while the rename was on its way.
+        remove_hidden(&self.sftp, self.take_hidden(ino)).await;
+        true
     }
 
     pub(super) async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
         let full = self.full(&cpath);
         self.removing(&ppath, &cpath);
-        let removed = self.sftp.rmdir(&full).await;
+        let removed = match self.sftp.rmdir(&full).await {
+            Err(_) if self.only_hidden_removed(&full).await => self.sftp.rmdir(&full).await,
+            r => r,
+        };
         self.removing(&ppath, &cpath);
         if let Err(e) = removed {
             return Err(self.rmdir_errno(&e, &full).await);
         }
-        let mut t = self.nodes.lock();
-        t.detach(&cpath);
-        t.dir_changed(&ppath, None, Some(&name));
+        {
+            let mut t = self.nodes.lock();
+            t.detach(&cpath);
+            t.dir_changed(&ppath, None, Some(&name));
+        }
+        self.sync_names();
         Ok(())
+    }
+
+    /// A directory that looks empty through the mount may still hold hidden files (unlinked
+    /// while open, or leftovers): if those are all it holds, they are removed so rmdir works as
+    /// on a local filesystem. Files of ours still open then work until the next reconnect only.
+    async fn only_hidden_removed(&self, full: &str) -> bool {
+        let Ok(list) = self.sftp.read_dir(full).await else {
+            return false;
+        };
+        let names: Vec<&str> = list
+            .iter()
+            .map(|e| e.name.as_str())
+            .filter(|n| *n != "." && *n != "..")
+            .collect();
+        if names.is_empty() || !names.iter().all(|n| is_reserved(n)) {
+            return false;
+        }
+        for n in names {
+            if let Err(e) = self.sftp.remove(&Self::join(full, n)).await {
+                tracing::debug!(name = n, "removing a hidden file before rmdir: {e}");
+            }
+        }
+        true
     }
 
     pub(super) async fn symlink(
@@ -333,13 +405,16 @@ impl Fs {
         if let Err(e) = self.sftp.rename(&ffrom, &fto).await {
             return Err(self.rename_errno(&e, &ffrom, &fto).await);
         }
-        let mut t = self.nodes.lock();
-        t.rename(&from, &to);
-        if let Some(n) = t.node_at(&to) {
-            n.ctime_floor = Some(SystemTime::now());
+        {
+            let mut t = self.nodes.lock();
+            t.rename(&from, &to);
+            if let Some(n) = t.node_at(&to) {
+                n.ctime_floor = Some(SystemTime::now());
+            }
+            t.dir_changed(&ppath, None, Some(&name));
+            t.dir_changed(&npath, Some(&newname), None);
         }
-        t.dir_changed(&ppath, None, Some(&name));
-        t.dir_changed(&npath, Some(&newname), None);
+        self.sync_names();
         Ok(())
     }
 

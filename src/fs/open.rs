@@ -97,6 +97,11 @@ impl Handles {
             .collect()
     }
 
+    /// Every open handle.
+    pub fn all(&self) -> Vec<Arc<OpenFile>> {
+        self.table.lock().open.values().cloned().collect()
+    }
+
     /// Inodes with writes in flight: the server's size for them is behind ours.
     pub fn busy_inodes(&self) -> HashSet<u64> {
         self.table
@@ -164,10 +169,37 @@ impl Fs {
         }
     }
 
+    /// Registers a new handle of `ino`, its remote file renamed to where the inode table says
+    /// the inode is now (it may have moved while the file was being opened).
     fn register(&self, ino: u64, make: impl FnOnce(Arc<InodeIo>) -> OpenFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.register(fh, ino, make);
+        if let Ok(of) = self.handle(fh) {
+            let path = self.nodes.lock().path(ino);
+            of.file.set_path(path.map(|p| self.full(&p)));
+        }
         fh
+    }
+
+    /// Tells every open file its current remote path (after a rename, unlink or rmdir): a
+    /// reopen after a reconnect, or an extra write handle, must find the file itself, never
+    /// whatever took its old name. The table stays locked throughout, so a rename cannot
+    /// slip in between reading a path and handing it on.
+    pub(super) fn sync_names(&self) {
+        let t = self.nodes.lock();
+        for of in self.handles.all() {
+            of.file.set_path(t.path(of.ino).map(|p| self.full(&p)));
+        }
+    }
+
+    /// The remote path to remove once `ino`'s last handle is gone, if it was unlinked while
+    /// open (hidden under a reserved name); taken once.
+    pub(super) fn take_hidden(&self, ino: u64) -> Option<String> {
+        if self.io_of(ino).is_some() {
+            return None;
+        }
+        let path = self.nodes.lock().take_hidden(ino)?;
+        Some(self.full(&path))
     }
 
     fn unregister(&self, fh: u64) -> Option<Arc<OpenFile>> {
@@ -318,17 +350,21 @@ impl Fs {
         };
         of.stop();
         let flushed = of.flush().await;
+        let hidden = self.take_hidden(of.ino);
         if !of.written() {
             // Nothing was written through this handle: the server's answer to the close
             // changes nothing, so nobody waits for it (the handle slot stays taken until then).
+            let sftp = self.sftp.clone();
             tokio::spawn(async move {
                 if let Err(e) = of.file.close().await {
                     tracing::debug!(ino = of.ino, "close: {e}");
                 }
+                remove_hidden(&sftp, hidden).await;
             });
             return flushed.map_err(|e| io_errno(&e));
         }
         let closed = of.file.close().await;
+        remove_hidden(&self.sftp, hidden).await;
         if let Err(e) = &flushed {
             // Nobody is left to tell: the kernel ignores release errors.
             tracing::warn!(
@@ -424,5 +460,15 @@ impl Fs {
             Err(e) if e.is_status(StatusCode::OpUnsupported) => Ok(()),
             Err(e) => Err(io_errno(&e)),
         }
+    }
+}
+
+/// Removes the reserved name a file unlinked while open was hidden under, at its last release.
+/// A failure leaves a leftover for a later mount to clean (see `hidden`).
+pub(super) async fn remove_hidden(sftp: &crate::sftp::Sftp, path: Option<String>) {
+    if let Some(p) = path
+        && let Err(e) = sftp.remove(&p).await
+    {
+        tracing::warn!(path = %p, "could not remove a file unlinked while open: {e}");
     }
 }

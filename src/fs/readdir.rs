@@ -1,7 +1,7 @@
 //! Reading directories: the open-directory table, a listing per open directory (taken at the
 //! first read, reused for later offsets), and the replies for readdir and readdirplus. Listings
 //! also feed the caches (a complete listing answers negative lookups) and start the listings
-//! of subdirectories ahead (`ahead`).
+//! of subdirectories ahead (`ahead`). Reserved names (`hidden`) never show.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,6 +91,9 @@ impl Fs {
             .await
             .map_err(|e| errno(&e))?;
         list.retain(|e| e.name != "." && e.name != ".." && !e.name.contains('/'));
+        // Files unlinked while open are not there as far as anyone using the mount can tell.
+        self.hiding
+            .skip_hidden(&self.sftp, &self.full(path), &mut list);
         if self.follow_symlinks {
             let links: Vec<usize> = (0..list.len())
                 .filter(|i| attr::is_symlink(&list[*i].attrs))

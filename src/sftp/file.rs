@@ -32,11 +32,15 @@ struct OpenHandle {
     _permit: Arc<HandlePermit>,
 }
 
-/// An open remote file. Survives reconnects: it is reopened by path (without CREATE, TRUNCATE
-/// or EXCLUDE) on the new connection and keeps its place in the caller's offsets.
+/// An open remote file. Survives reconnects: it is reopened by its current path (without
+/// CREATE, TRUNCATE or EXCLUDE) on the new connection and keeps its place in the caller's
+/// offsets.
 pub struct File {
     sftp: Sftp,
-    path: String,
+    /// Where the file is on the server now: the path it was opened by until whoever renames
+    /// it says otherwise (`set_path`); `None` once it has no name we know. Reopens and extra
+    /// write handles go by it, so they never open whatever took the old name.
+    path: Mutex<Option<String>>,
     reopen_flags: OpenFlags,
     open: Mutex<Option<OpenHandle>>,
     reopening: tokio::sync::Mutex<()>,
@@ -67,10 +71,30 @@ impl File {
                 },
             ));
         }
-        tracing::debug!(path = %self.path, "reopening file after reconnect");
-        let h = open_on(conn, &self.path, self.reopen_flags, FileAttributes::empty()).await?;
-        *self.open.lock() = Some(h.clone());
-        Ok(h)
+        loop {
+            let path = self.path.lock().clone().ok_or_else(no_name)?;
+            tracing::debug!(%path, "reopening file after reconnect");
+            let h = open_on(conn, &path, self.reopen_flags, FileAttributes::empty()).await?;
+            if self.still_at(&path) {
+                *self.open.lock() = Some(h.clone());
+                return Ok(h);
+            }
+            discard(h);
+        }
+    }
+
+    /// True if the file is still known at `path`: a handle opened by it while it was there is
+    /// on the file itself. The filesystem hands on a rename's new name before the rename
+    /// returns to its caller, so before anything through the mount can take the old name; a
+    /// handle opened by a name that changed meanwhile may be on such a newcomer: not used.
+    fn still_at(&self, path: &str) -> bool {
+        self.path.lock().as_deref() == Some(path)
+    }
+
+    /// The file's current path on the server (it was renamed), or `None` (it was removed, or
+    /// replaced by another file): later reopens and extra write handles use it.
+    pub fn set_path(&self, path: Option<String>) {
+        *self.path.lock() = path;
     }
 
     /// Counts connection attempts: unchanged between two moments means no request was resent
@@ -99,9 +123,12 @@ impl File {
         let Some(primary) = self.current(&conn) else {
             return;
         };
+        let Some(path) = self.path.lock().clone() else {
+            return;
+        };
         let permits = conn.permits_elsewhere(&primary.channel, STRIPES - 1).await;
         let opens = permits.into_iter().map(|(channel, permit)| {
-            let (path, attrs) = (self.path.as_str(), FileAttributes::empty());
+            let (path, attrs) = (path.as_str(), FileAttributes::empty());
             open_in(
                 conn.generation,
                 channel,
@@ -111,12 +138,15 @@ impl File {
                 attrs,
             )
         });
-        let opened: Vec<_> = futures::future::join_all(opens)
+        let mut opened: Vec<_> = futures::future::join_all(opens)
             .await
             .into_iter()
             .filter_map(Result::ok)
             .collect();
-        tracing::debug!(path = %self.path, channels = opened.len() + 1, "spreading writes");
+        if !self.still_at(&path) {
+            opened.drain(..).for_each(discard);
+        }
+        tracing::debug!(%path, channels = opened.len() + 1, "spreading writes");
         *self.stripes.lock() = opened;
     }
 
@@ -349,7 +379,7 @@ impl Sftp {
             .await?;
         Ok(File {
             sftp: self.clone(),
-            path: path.to_string(),
+            path: Mutex::new(Some(path.to_string())),
             reopen_flags: flags
                 .difference(OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::EXCLUDE),
             open: Mutex::new(Some(handle)),
@@ -359,6 +389,25 @@ impl Sftp {
             written: AtomicU64::new(0),
         })
     }
+}
+
+/// Closes a handle that is not used, in the background.
+fn discard(h: OpenHandle) {
+    tokio::spawn(async move {
+        let _ = h.channel.raw.close(h.handle.as_str()).await;
+    });
+}
+
+/// Why a file with no name left cannot be reopened (see `File::path`).
+fn no_name() -> russh_sftp::client::error::Error {
+    russh_sftp::client::error::Error::Status(russh_sftp::protocol::Status {
+        id: 0,
+        status_code: StatusCode::NoSuchFile,
+        error_message: "the file was removed or replaced since it was opened, and the \
+                        connection it was open on is gone"
+            .into(),
+        language_tag: String::new(),
+    })
 }
 
 async fn open_on(
