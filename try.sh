@@ -35,13 +35,19 @@ step "building and installing the plugin as $SSHFS_PLUGIN"
 step "starting the test SSH server on $SSHFS_TEST_HOST:$SSHFS_TEST_PORT (docker-compose.test.yml)"
 tests/docker/sshd.sh up
 
+# The demo server's key was generated just now: pin it, so that a known_hosts entry left for
+# this address by an earlier server (the plugin reads the sshkey mount's known_hosts) cannot
+# make the demo fail. Real servers are pinned on first use instead.
+HOSTKEY=$(ssh-keygen -lf "$SSHFS_TEST_DIR/hostkeys/ssh_host_ed25519_key.pub" | awk '{print $2}')
+[[ $HOSTKEY == SHA256:* ]] || die "cannot read the demo server's host key"
+
 VOL=sshfs-try
 step "creating volume $VOL (the password goes in a file under sshkey.source in real use)"
 docker volume rm "$VOL" >/dev/null 2>&1 || true
 set -x
 docker volume create -d "$SSHFS_PLUGIN" \
     -o sshcmd="tester@$SSHFS_TEST_HOST:/data" -o port="$SSHFS_TEST_PORT" \
-    -o password="$SSHFS_TEST_PASSWORD" "$VOL"
+    -o password="$SSHFS_TEST_PASSWORD" -o hostkey="$HOSTKEY" "$VOL"
 docker run --rm --network none -v "$VOL:/data" "$SSHFS_TEST_BUSYBOX_IMAGE" \
     sh -c 'echo "hello from container 1 at $(date)" > /data/hello.txt'
 docker run --rm --network none -v "$VOL:/data" "$SSHFS_TEST_BUSYBOX_IMAGE" cat /data/hello.txt
