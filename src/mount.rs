@@ -241,6 +241,7 @@ pub fn mount_main(
             return ExitCode::from(2);
         }
     };
+    crate::secret::scrub_process_args();
     let mut opts = parsed.options;
     opts.learn_host_keys = true;
     if parsed.wants_password_stdin {
