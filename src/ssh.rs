@@ -553,4 +553,142 @@ mod tests {
             assert!(!is_password_prompt(p, false), "{p}");
         }
     }
+
+    /// An SSH server (russh's) whose keyboard-interactive asks the given rounds of prompts and
+    /// records every answer it gets; it accepts when the last round was answered with
+    /// `password` alone. OpenSSH offers keyboard-interactive only through PAM, which the test
+    /// servers do not use, so this is how the client is tested against real prompts.
+    struct Prompter {
+        rounds: Vec<Vec<(&'static str, bool)>>,
+        password: &'static str,
+        answers: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl russh::server::Handler for Prompter {
+        type Error = russh::Error;
+
+        async fn auth_keyboard_interactive<'a>(
+            &'a mut self,
+            _user: &str,
+            _submethods: &str,
+            response: Option<russh::server::Response<'a>>,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            use russh::server::Auth;
+            let mut answers = self.answers.lock();
+            if let Some(r) = response {
+                answers.push(
+                    r.map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .collect(),
+                );
+            }
+            if let Some(round) = self.rounds.get(answers.len()) {
+                let prompts: Vec<_> = round
+                    .iter()
+                    .map(|&(p, echo)| (Cow::Borrowed(p), echo))
+                    .collect();
+                return Ok(Auth::Partial {
+                    name: Cow::Borrowed(""),
+                    instructions: Cow::Borrowed(""),
+                    prompts: Cow::Owned(prompts),
+                });
+            }
+            let done = answers.last().is_some_and(|a| a == &[self.password]);
+            Ok(if done { Auth::Accept } else { Auth::reject() })
+        }
+    }
+
+    /// Connects with `password` to a `Prompter` asking `rounds`; returns whether the login
+    /// worked and every answer the server received.
+    async fn login_through(rounds: Vec<Vec<(&'static str, bool)>>) -> (bool, Vec<Vec<String>>) {
+        const PASSWORD: &str = "kbd-Secret-4711";
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dvs-kbd-{}-{run}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("host_key");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success(), "ssh-keygen");
+        let config = Arc::new(russh::server::Config {
+            keys: vec![russh::keys::load_secret_key(&key, None).unwrap()],
+            auth_rejection_time: Duration::from_millis(1),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let handler = Prompter {
+            rounds,
+            password: PASSWORD,
+            answers: answers.clone(),
+        };
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            if let Ok(session) = russh::server::run_stream(config, socket, handler).await {
+                let _ = session.await;
+            }
+        });
+        let raw: crate::options::RawOptions = [
+            ("sshcmd", "tester@127.0.0.1:/"),
+            ("password", PASSWORD),
+            ("StrictHostKeyChecking", "no"),
+            ("UserKnownHostsFile", "/dev/null"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .chain([("port".to_string(), Some(port.to_string()))])
+        .collect();
+        // Keys of the machine's user (ssh's default files) may be tried first: the server
+        // refuses every key, and the plain password method, by default.
+        let opts = crate::options::parse(&raw, None, crate::options::Context::Plugin)
+            .unwrap()
+            .options;
+        let result = connect(&opts).await;
+        let ok = match &result {
+            Ok(_) => true,
+            Err(ConnectError::Auth { .. }) => false,
+            Err(e) => panic!("unexpected failure: {e}"),
+        };
+        drop(result);
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        let got = answers.lock().clone();
+        (ok, got)
+    }
+
+    #[tokio::test]
+    async fn keyboard_interactive_gives_the_password_to_password_prompts_only() {
+        const PW: &str = "kbd-Secret-4711";
+        let (ok, got) = login_through(vec![vec![("Password: ", false)]]).await;
+        assert!(ok, "a password prompt is answered");
+        assert_eq!(got, [vec![PW.to_string()]]);
+
+        // OpenSSH's PAM sends a round without prompts: answered with no answers.
+        let (ok, got) = login_through(vec![vec![], vec![("(tester@h) Password: ", false)]]).await;
+        assert!(ok, "an empty round, then the password");
+        assert_eq!(got, [vec![], vec![PW.to_string()]]);
+
+        // Anything else is never given the password: the method is given up.
+        let password_then_otp = vec![
+            vec![("Password: ", false)],
+            vec![("One-time password: ", false)],
+        ];
+        let cases = [
+            (vec![vec![("Verification code: ", false)]], vec![]),
+            (vec![vec![("Password: ", false), ("OTP: ", false)]], vec![]),
+            (vec![vec![("Password: ", true)]], vec![]),
+            (password_then_otp, vec![vec![PW.to_string()]]),
+        ];
+        for (rounds, answered) in cases {
+            let shown = format!("{rounds:?}");
+            let (ok, got) = login_through(rounds).await;
+            assert!(!ok, "{shown}");
+            assert_eq!(got, answered, "{shown}");
+        }
+    }
 }

@@ -41,8 +41,9 @@ fn password_option_is_blanked_in_proc_cmdline() {
     );
     // Only the value is blanked: the rest of the command line still reads as given.
     assert!(
-        args.iter().any(|a| a.starts_with("StrictHostKeyChecking=no,password=")
-            && a.ends_with(&format!("UserKnownHostsFile={}", known_hosts.display()))),
+        args.iter()
+            .any(|a| a.starts_with("StrictHostKeyChecking=no,password=")
+                && a.ends_with(&format!("UserKnownHostsFile={}", known_hosts.display()))),
         "the other options are kept: {joined}"
     );
     assert!(
