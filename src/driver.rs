@@ -28,9 +28,8 @@ use tokio::task::JoinHandle;
 
 use crate::mount::{self, Mounted};
 use crate::options::{self, Context, MountOptions, OptionError, StrictHostKeyChecking};
-use crate::secret::Secret;
 use crate::sftp::{LinkState, Stats};
-use crate::state::{MountCounts, StateError, Store, VolumeRecord};
+use crate::state::{StateError, Store, VolumeRecord};
 
 /// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
 /// cleaned up by us rather than left counted after dockerd stopped waiting.
@@ -318,7 +317,7 @@ impl Driver {
         let (_slot, _guard) = self.lock_volume(name).await;
         if let Some(existing) = self.store.get(name)? {
             // dockerd may repeat a Create (e.g. a compose file re-applied): same options is fine.
-            return if existing.docker_opts() == opts {
+            return if self.store.options_with_secrets(&existing)? == opts {
                 Ok(())
             } else {
                 Err(DriverError::Exists(name.to_string()))
@@ -328,15 +327,8 @@ impl Driver {
         if self.store.dir_taken(&dir, name)? {
             return Err(DriverError::DirClash(name.to_string()));
         }
-        let rec = VolumeRecord {
-            name: name.to_string(),
-            dir,
-            created_at: now_rfc3339(),
-            raw_options: opts.into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
-            options: Some(parsed.options),
-            mounts: MountCounts::default(),
-            host_key: None,
-        };
+        // `put` keeps the secret values out of the database (see `state`).
+        let rec = VolumeRecord::new(name, dir, now_rfc3339(), opts);
         self.store.put(&rec)?;
         Ok(())
     }
@@ -493,7 +485,7 @@ impl Driver {
     }
 
     fn status(&self, rec: &VolumeRecord) -> Status {
-        let opts = options_of(rec);
+        let opts = options_of(&rec.public_options());
         let (remote, port) = match &opts {
             Ok(o) => (remote_string(o), o.port),
             Err(_) => ("(stored options no longer valid)".to_string(), 0),
@@ -559,7 +551,8 @@ impl Driver {
     /// The options to connect with: re-validated from what the user gave, plus the pinned host
     /// key (accept-new: the first key seen is the only one accepted afterwards).
     fn effective_options(&self, rec: &VolumeRecord) -> Result<MountOptions, DriverError> {
-        let mut o = options_of(rec).map_err(|source| DriverError::Options {
+        let all = self.store.options_with_secrets(rec)?;
+        let mut o = options_of(&all).map_err(|source| DriverError::Options {
             name: rec.name.clone(),
             source,
         })?;
@@ -720,13 +713,8 @@ impl Driver {
     }
 }
 
-fn options_of(rec: &VolumeRecord) -> Result<MountOptions, OptionError> {
-    options::parse(
-        &options::from_docker_opts(&rec.docker_opts()),
-        None,
-        Context::Plugin,
-    )
-    .map(|p| p.options)
+fn options_of(opts: &BTreeMap<String, String>) -> Result<MountOptions, OptionError> {
+    options::parse(&options::from_docker_opts(opts), None, Context::Plugin).map(|p| p.options)
 }
 
 /// Unmounts a mount taken out of its volume's state, waiting up to `wait` for a busy mount.

@@ -4,9 +4,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{MethodSet, cipher, compression};
@@ -76,7 +77,7 @@ impl client::Handler for Client {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             return Ok(false);
         };
-        let mut seen = self.seen.lock().unwrap();
+        let mut seen = self.seen.lock();
         seen.fingerprint = Some(hostkey::fingerprint(key));
         match hostkey::check(&self.policy, key) {
             Verdict::Known | Verdict::New => Ok(true),
@@ -139,7 +140,8 @@ impl Connection {
     }
 }
 
-/// Connects and authenticates. `pinned` is the fingerprint the key must have, if any.
+/// Connects and authenticates, within `connect_timeout`. The host key must pass the policy
+/// built from the options (`hostkey`, known_hosts, `StrictHostKeyChecking`).
 pub async fn connect(opts: &MountOptions) -> Result<Connection, ConnectError> {
     let timeout = opts.connect_timeout;
     match tokio::time::timeout(timeout, connect_inner(opts)).await {
@@ -202,7 +204,7 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
     let mut handle = match client::connect_stream(config, socket, handler).await {
         Ok(h) => h,
         Err(e) => {
-            if let Some(msg) = seen.lock().unwrap().refused.take() {
+            if let Some(msg) = seen.lock().refused.take() {
                 return Err(ConnectError::HostKey(msg));
             }
             return Err(ConnectError::Protocol(format!(
@@ -210,7 +212,7 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
             )));
         }
     };
-    let fingerprint = seen.lock().unwrap().fingerprint.clone().unwrap_or_default();
+    let fingerprint = seen.lock().fingerprint.clone().unwrap_or_default();
 
     let user = opts.remote.login(&default_user());
     authenticate(&mut handle, opts, &user).await?;
@@ -378,6 +380,11 @@ async fn authenticate(
     )))
 }
 
+/// Keyboard-interactive with the password: the server may ask anything (an OTP, a verification
+/// code, a new password), so a round is answered only when every prompt in it is a password
+/// prompt (see `is_password_prompt`), and with the password at most once: a second round of
+/// password prompts means it was refused. Anything else gives up this method (Ok(false)). A
+/// round with no prompts (OpenSSH's PAM sends one before success) is answered with no answers.
 async fn keyboard_interactive(
     handle: &mut Handle<Client>,
     user: &str,
@@ -389,21 +396,67 @@ async fn keyboard_interactive(
         .authenticate_keyboard_interactive_start(user, None::<String>)
         .await
         .map_err(proto)?;
-    // A password prompt is answered once; anything more elaborate (OTP, ...) is not ours to answer.
-    for _ in 0..3 {
-        match res {
+    let mut answered = false;
+    for _ in 0..4 {
+        let answers = match res {
             R::Success => return Ok(true),
             R::Failure { .. } => return Ok(false),
             R::InfoRequest { prompts, .. } => {
-                let answers = prompts.iter().map(|_| pw.expose().to_string()).collect();
-                res = handle
-                    .authenticate_keyboard_interactive_respond(answers)
-                    .await
-                    .map_err(proto)?;
+                if prompts.is_empty() {
+                    Vec::new()
+                } else if !answered
+                    && prompts
+                        .iter()
+                        .all(|p| is_password_prompt(&p.prompt, p.echo))
+                {
+                    answered = true;
+                    prompts.iter().map(|_| pw.expose().to_string()).collect()
+                } else {
+                    tracing::debug!(
+                        "keyboard-interactive asked for more than the password once; not answered"
+                    );
+                    return Ok(false);
+                }
             }
-        }
+        };
+        res = handle
+            .authenticate_keyboard_interactive_respond(answers)
+            .await
+            .map_err(proto)?;
     }
     Ok(false)
+}
+
+/// Words that make a prompt mentioning "password" ask for something else: a password change
+/// (`New password:`, `Retype ...`), which must never receive the current one, or a second
+/// factor (`One-time password`, `OTP`, a token or code).
+const NOT_THE_PASSWORD: &[&str] = &[
+    "new",
+    "retype",
+    "repeat",
+    "again",
+    "confirm",
+    "one",
+    "time",
+    "otp",
+    "token",
+    "code",
+    "verification",
+    "pin",
+];
+
+/// A prompt the password may answer: it asks for a password or passphrase, hides the answer
+/// (a password is never echoed), and has none of the `NOT_THE_PASSWORD` words outside the
+/// `user@host` or host name it may show (`(me@new.example.com) Password:` is one).
+fn is_password_prompt(prompt: &str, echo: bool) -> bool {
+    let p = prompt.to_lowercase();
+    let asks = p.contains("password") || p.contains("passphrase");
+    let other = p
+        .split_whitespace()
+        .filter(|token| !token.contains(['@', '.']))
+        .flat_map(|token| token.split(|c: char| !c.is_alphanumeric()))
+        .any(|word| NOT_THE_PASSWORD.contains(&word));
+    !echo && asks && !other
 }
 
 fn describe(methods: Option<MethodSet>) -> String {
@@ -464,4 +517,178 @@ fn read_password_file(path: &Path) -> Result<Secret, ConnectError> {
         });
     }
     Ok(Secret::new(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_password_prompts_get_the_password() {
+        for p in [
+            "Password: ",
+            "password:",
+            "Password for tester@files: ",
+            "(tester@host) Password: ",
+            "(me@new.code.example) Password: ",
+            "Password for pin.example.com: ",
+            "Enter passphrase for key: ",
+            "PASSWORD",
+        ] {
+            assert!(is_password_prompt(p, false), "{p}");
+            assert!(!is_password_prompt(p, true), "echoed: {p}");
+        }
+        for p in [
+            "Verification code: ",
+            "One-time password (OATH) for `tester': x",
+            "Enter PASSCODE: ",
+            "OTP: ",
+            "New password: ",
+            "Retype new password: ",
+            "Confirm password: ",
+            "Password again: ",
+            "Password + OTP code: ",
+            "",
+        ] {
+            assert!(!is_password_prompt(p, false), "{p}");
+        }
+    }
+
+    /// An SSH server (russh's) whose keyboard-interactive asks the given rounds of prompts and
+    /// records every answer it gets; it accepts when the last round was answered with
+    /// `password` alone. OpenSSH offers keyboard-interactive only through PAM, which the test
+    /// servers do not use, so this is how the client is tested against real prompts.
+    struct Prompter {
+        rounds: Vec<Vec<(&'static str, bool)>>,
+        password: &'static str,
+        answers: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl russh::server::Handler for Prompter {
+        type Error = russh::Error;
+
+        async fn auth_keyboard_interactive<'a>(
+            &'a mut self,
+            _user: &str,
+            _submethods: &str,
+            response: Option<russh::server::Response<'a>>,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            use russh::server::Auth;
+            let mut answers = self.answers.lock();
+            if let Some(r) = response {
+                answers.push(
+                    r.map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .collect(),
+                );
+            }
+            if let Some(round) = self.rounds.get(answers.len()) {
+                let prompts: Vec<_> = round
+                    .iter()
+                    .map(|&(p, echo)| (Cow::Borrowed(p), echo))
+                    .collect();
+                return Ok(Auth::Partial {
+                    name: Cow::Borrowed(""),
+                    instructions: Cow::Borrowed(""),
+                    prompts: Cow::Owned(prompts),
+                });
+            }
+            let done = answers.last().is_some_and(|a| a == &[self.password]);
+            Ok(if done { Auth::Accept } else { Auth::reject() })
+        }
+    }
+
+    /// Connects with `password` to a `Prompter` asking `rounds`; returns whether the login
+    /// worked and every answer the server received.
+    async fn login_through(rounds: Vec<Vec<(&'static str, bool)>>) -> (bool, Vec<Vec<String>>) {
+        const PASSWORD: &str = "kbd-Secret-4711";
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dvs-kbd-{}-{run}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("host_key");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success(), "ssh-keygen");
+        let config = Arc::new(russh::server::Config {
+            keys: vec![russh::keys::load_secret_key(&key, None).unwrap()],
+            auth_rejection_time: Duration::from_millis(1),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let handler = Prompter {
+            rounds,
+            password: PASSWORD,
+            answers: answers.clone(),
+        };
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            if let Ok(session) = russh::server::run_stream(config, socket, handler).await {
+                let _ = session.await;
+            }
+        });
+        let raw: crate::options::RawOptions = [
+            ("sshcmd", "tester@127.0.0.1:/"),
+            ("password", PASSWORD),
+            ("StrictHostKeyChecking", "no"),
+            ("UserKnownHostsFile", "/dev/null"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .chain([("port".to_string(), Some(port.to_string()))])
+        .collect();
+        // Keys of the machine's user (ssh's default files) may be tried first: the server
+        // refuses every key, and the plain password method, by default.
+        let opts = crate::options::parse(&raw, None, crate::options::Context::Plugin)
+            .unwrap()
+            .options;
+        let result = connect(&opts).await;
+        let ok = match &result {
+            Ok(_) => true,
+            Err(ConnectError::Auth { .. }) => false,
+            Err(e) => panic!("unexpected failure: {e}"),
+        };
+        drop(result);
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        let got = answers.lock().clone();
+        (ok, got)
+    }
+
+    #[tokio::test]
+    async fn keyboard_interactive_gives_the_password_to_password_prompts_only() {
+        const PW: &str = "kbd-Secret-4711";
+        let (ok, got) = login_through(vec![vec![("Password: ", false)]]).await;
+        assert!(ok, "a password prompt is answered");
+        assert_eq!(got, [vec![PW.to_string()]]);
+
+        // OpenSSH's PAM sends a round without prompts: answered with no answers.
+        let (ok, got) = login_through(vec![vec![], vec![("(tester@h) Password: ", false)]]).await;
+        assert!(ok, "an empty round, then the password");
+        assert_eq!(got, [vec![], vec![PW.to_string()]]);
+
+        // Anything else is never given the password: the method is given up.
+        let password_then_otp = vec![
+            vec![("Password: ", false)],
+            vec![("One-time password: ", false)],
+        ];
+        let cases = [
+            (vec![vec![("Verification code: ", false)]], vec![]),
+            (vec![vec![("Password: ", false), ("OTP: ", false)]], vec![]),
+            (vec![vec![("Password: ", true)]], vec![]),
+            (password_then_otp, vec![vec![PW.to_string()]]),
+        ];
+        for (rounds, answered) in cases {
+            let shown = format!("{rounds:?}");
+            let (ok, got) = login_through(rounds).await;
+            assert!(!ok, "{shown}");
+            assert_eq!(got, answered, "{shown}");
+        }
+    }
 }

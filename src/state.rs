@@ -1,23 +1,33 @@
-//! The plugin's persistent state: one sled record per volume (its options, creation time, mount
-//! directory, mount-ID counts and pinned host key), flushed to disk on every change and readable
-//! only by root.
+//! The plugin's persistent state, readable only by root: one sled record per volume (its
+//! options without secrets, creation time, mount directory, mount-ID counts and pinned host
+//! key), flushed to disk on every change, and one secret file per volume that has a password
+//! or passphrase.
 //!
 //! Records are JSON so that a newer plugin can still read an older record: everything that may
-//! change shape is optional or re-derived from the raw options the user gave.
+//! change shape is optional or re-derived from the raw options the user gave; fields that are
+//! no longer written (the parsed `options` of older versions) are ignored.
+//!
+//! Secrets never enter sled: it appends every version of a value to its log and keeps old
+//! segments until it happens to compact them, so a removed key's bytes stay on disk for an
+//! unbounded time. A secret file is named by the record's `dir`, replaced atomically and
+//! fsynced, and on Remove overwritten and deleted: after `docker volume rm`, no byte of the
+//! volume's secrets is left in the state directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
-use crate::options::MountOptions;
-use crate::secret::Secret;
+use crate::secret::{Secret, is_secret_option};
 
 /// Name of the sled database directory inside the state dir.
 const DB_DIR: &str = "docker-volume-sshfs.sled";
 const TREE: &str = "volumes";
+/// Name of the directory of the volumes' secret files inside the state dir.
+const SECRETS_DIR: &str = "docker-volume-sshfs.secrets";
 
 /// Why the state store failed. Each message says what to check.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +48,31 @@ pub enum StateError {
         "the stored record of volume '{name}' is damaged ({reason}); remove and recreate the volume"
     )]
     Decode { name: String, reason: String },
+    #[error(
+        "cannot encode the record of volume '{name}' for storing ({reason}); nothing was changed. \
+         This is a bug in the plugin: please report it"
+    )]
+    Encode { name: String, reason: String },
+    #[error(
+        "the {options} of volume '{name}' cannot be read from {path} ({reason}). Remove the \
+         volume (docker volume rm {name}; the remote files stay) and create it again with them"
+    )]
+    SecretMissing {
+        name: String,
+        options: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "cannot {action} the secret file {path} of volume '{name}': {reason}. Check free space \
+         and the plugin's state.source mount"
+    )]
+    SecretFile {
+        name: String,
+        action: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// A multiset of container mount IDs: Docker reuses an ID (e.g. `docker cp` into a running
@@ -78,22 +113,26 @@ impl MountCounts {
 
 /// Everything the plugin keeps about one volume.
 ///
-/// Deliberately not `Debug`: the raw options hold the password.
+/// Deliberately not `Debug`: a record built by Create or read from an older version holds
+/// secret values in `raw_options` until `Store::put` moves them out.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct VolumeRecord {
     pub name: String,
     /// The mountpoint's directory name under the volumes dir, fixed at Create so that a later
     /// change of the naming scheme never moves (or shares) an existing volume's mountpoint.
+    /// Also names the volume's secret file.
     pub dir: String,
     /// RFC 3339, as dockerd decodes it.
     pub created_at: String,
-    /// The `-o` options exactly as given, so that they can be re-validated by a newer parser.
-    /// Values are secrets because any of them may be a password.
-    pub raw_options: BTreeMap<String, Secret>,
-    /// The options as parsed at Create (for reference); `None` if the stored shape is from an
-    /// incompatible version, in which case they are parsed again from `raw_options`.
-    #[serde(default, deserialize_with = "lenient")]
-    pub options: Option<MountOptions>,
+    /// The `-o` options exactly as given, so that they can be re-validated by a newer parser,
+    /// except the values of secret options (`secret::is_secret_option`): those are in the
+    /// volume's secret file, listed in `secret_options`. Records written before secret files
+    /// existed hold them here; the next `Store::put` moves them (old sled segments may still
+    /// hold them until sled compacts its log).
+    pub raw_options: BTreeMap<String, String>,
+    /// Names (as given) of the options whose values are in the volume's secret file.
+    #[serde(default)]
+    pub secret_options: BTreeSet<String>,
     #[serde(default)]
     pub mounts: MountCounts,
     /// SHA256 fingerprint of the server's key, pinned at the first successful mount.
@@ -102,38 +141,61 @@ pub struct VolumeRecord {
 }
 
 impl VolumeRecord {
-    /// The raw options in the form the option parser takes.
-    pub fn docker_opts(&self) -> BTreeMap<String, String> {
+    /// A new volume's record, with its options as given, secrets included: `Store::put` moves
+    /// those to the secret file before anything reaches sled.
+    pub fn new(
+        name: &str,
+        dir: String,
+        created_at: String,
+        options: BTreeMap<String, String>,
+    ) -> VolumeRecord {
+        VolumeRecord {
+            name: name.to_string(),
+            dir,
+            created_at,
+            raw_options: options,
+            secret_options: BTreeSet::new(),
+            mounts: MountCounts::default(),
+            host_key: None,
+        }
+    }
+
+    /// The options without any secret value: enough for what Get shows (remote, port), read
+    /// from the record alone.
+    pub fn public_options(&self) -> BTreeMap<String, String> {
         self.raw_options
             .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .filter(|(k, _)| !is_secret_option(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 }
 
-/// A shape we cannot read (an older or newer version) becomes `None` instead of failing the
-/// whole record: a failing Get makes dockerd forget the volume.
-fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MountOptions>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).ok())
+/// The one field that locates a record's secret file: read on its own so that a record too
+/// damaged to decode whole still gets its secrets removed.
+#[derive(Deserialize)]
+struct Located {
+    dir: String,
 }
 
-/// The sled database. Cheap to clone; clones share the database.
+/// The sled database and the secret files. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     volumes: sled::Tree,
+    secrets_dir: PathBuf,
 }
 
 impl Store {
-    /// Opens (or creates) the database under `state_dir`, root-only.
+    /// Opens (or creates) the database and the secrets directory under `state_dir`, root-only,
+    /// and removes secret files no volume uses (left by an interrupted Create).
     pub fn open(state_dir: &Path) -> Result<Store, StateError> {
         let dir_err = |e: std::io::Error| StateError::Dir {
             path: state_dir.to_path_buf(),
             reason: e.to_string(),
         };
         // The directory may be one the user chose (state.source) and shares with other things:
-        // restrict it only if we create it. The database directory below is always root-only.
+        // restrict it only if we create it. The directories below are always root-only.
         if !state_dir.exists() {
             fs::create_dir_all(state_dir).map_err(dir_err)?;
             fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
@@ -156,11 +218,27 @@ impl Store {
             }
         };
         let volumes = db.open_tree(TREE).map_err(|e| open_err(e.to_string()))?;
-        restrict_permissions(&path).map_err(|e| StateError::Dir {
-            path: path.clone(),
+        let secrets_dir = state_dir.join(SECRETS_DIR);
+        let restricted = fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&secrets_dir)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .and_then(|()| restrict_permissions(&path))
+            .and_then(|()| restrict_permissions(&secrets_dir));
+        restricted.map_err(|e| StateError::Dir {
+            path: state_dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        Ok(Store { db, volumes })
+        let store = Store {
+            db,
+            volumes,
+            secrets_dir,
+        };
+        store.remove_orphan_secrets();
+        Ok(store)
     }
 
     pub fn get(&self, name: &str) -> Result<Option<VolumeRecord>, StateError> {
@@ -185,9 +263,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores the record and waits until it is on disk.
+    /// Stores the record and waits until it is on disk. Secret values still in `raw_options`
+    /// (a new volume, or a record of an older version) go to the secret file first, so the
+    /// record that reaches sled never holds one.
     pub fn put(&self, rec: &VolumeRecord) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(rec).map_err(|e| StateError::Decode {
+        let mut stored = rec.clone();
+        let (moved, public): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut stored.raw_options)
+                .into_iter()
+                .partition(|(k, _)| is_secret_option(k));
+        stored.raw_options = public;
+        if !moved.is_empty() {
+            let mut all = self.secrets(&stored)?;
+            all.extend(moved.into_iter().map(|(k, v)| (k, Secret::new(v))));
+            self.write_secrets(&stored, &all)?;
+            stored.secret_options = all.into_keys().collect();
+        }
+        let bytes = serde_json::to_vec(&stored).map_err(|e| StateError::Encode {
             name: rec.name.clone(),
             reason: e.to_string(),
         })?;
@@ -196,7 +288,33 @@ impl Store {
         Ok(())
     }
 
+    /// The options exactly as given, secrets included: what Mount connects with. Reads the
+    /// volume's secret file when it has one.
+    pub fn options_with_secrets(
+        &self,
+        rec: &VolumeRecord,
+    ) -> Result<BTreeMap<String, String>, StateError> {
+        let mut all = rec.raw_options.clone();
+        for (k, v) in self.secrets(rec)? {
+            all.insert(k, v.expose().to_string());
+        }
+        Ok(all)
+    }
+
+    /// Forgets the volume: its secret file is overwritten and deleted first (a failure keeps
+    /// the record, so a retried Remove finds the file again), then the record.
     pub fn remove(&self, name: &str) -> Result<(), StateError> {
+        if let Some(bytes) = self.volumes.get(name.as_bytes())?
+            && let Ok(Located { dir }) = serde_json::from_slice::<Located>(&bytes)
+            && let Some(path) = self.secret_path(&dir)
+        {
+            shred(&path).map_err(|e| StateError::SecretFile {
+                name: name.to_string(),
+                action: "delete",
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         self.volumes.remove(name.as_bytes())?;
         self.db.flush()?;
         Ok(())
@@ -205,6 +323,106 @@ impl Store {
     /// True if a volume other than `name` already uses mount directory `dir`.
     pub fn dir_taken(&self, dir: &str, name: &str) -> Result<bool, StateError> {
         Ok(self.list()?.iter().any(|r| r.dir == dir && r.name != name))
+    }
+
+    /// The secret file of a volume whose mount directory is `dir`; `None` for a `dir` that is
+    /// not a plain file name (never written by us: such a record gets no secret file).
+    fn secret_path(&self, dir: &str) -> Option<PathBuf> {
+        let plain = !dir.is_empty() && !dir.starts_with('.') && !dir.contains(['/', '\0']);
+        plain.then(|| self.secrets_dir.join(dir))
+    }
+
+    /// The volume's secret values by option name; empty when it has none.
+    fn secrets(&self, rec: &VolumeRecord) -> Result<BTreeMap<String, Secret>, StateError> {
+        if rec.secret_options.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let shown: Vec<&str> = rec.secret_options.iter().map(String::as_str).collect();
+        let missing = |path: PathBuf, reason: String| StateError::SecretMissing {
+            name: rec.name.clone(),
+            options: format!("secret option(s) {}", shown.join(", ")),
+            path,
+            reason,
+        };
+        let Some(path) = self.secret_path(&rec.dir) else {
+            return Err(missing(
+                self.secrets_dir.clone(),
+                "the record names no valid secret file".into(),
+            ));
+        };
+        let bytes = fs::read(&path).map_err(|e| missing(path.clone(), e.to_string()))?;
+        // serde's message could quote part of the file: say only that it is damaged.
+        let values: BTreeMap<String, Secret> = serde_json::from_slice(&bytes)
+            .map_err(|_| missing(path.clone(), "the file is damaged".into()))?;
+        if let Some(absent) = rec.secret_options.iter().find(|k| !values.contains_key(*k)) {
+            return Err(missing(path, format!("it has no value for {absent}")));
+        }
+        Ok(values)
+    }
+
+    /// Replaces the volume's secret file: written to a temporary file (0600), fsynced, renamed
+    /// over the old one, and the directory fsynced, so a crash leaves the old or the new file.
+    fn write_secrets(
+        &self,
+        rec: &VolumeRecord,
+        values: &BTreeMap<String, Secret>,
+    ) -> Result<(), StateError> {
+        let fail = |path: &Path, e: io::Error| StateError::SecretFile {
+            name: rec.name.clone(),
+            action: "write",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let path = self.secret_path(&rec.dir).ok_or_else(|| {
+            fail(
+                &self.secrets_dir,
+                io::Error::other(format!("'{}' is not a valid file name", rec.dir)),
+            )
+        })?;
+        let tmp = self.secrets_dir.join(format!(".{}.tmp", rec.dir));
+        let mut bytes = serde_json::to_vec(values).map_err(|e| StateError::Encode {
+            name: rec.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let written = write_synced(&tmp, &bytes)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .and_then(|()| sync_dir(&self.secrets_dir));
+        bytes.fill(0);
+        written.map_err(|e| {
+            let _ = shred(&tmp);
+            fail(&path, e)
+        })
+    }
+
+    /// Overwrites and deletes the secret files that no record points to: leftovers of a Create
+    /// or a write interrupted by a crash. Failures are logged: they must not stop the plugin.
+    fn remove_orphan_secrets(&self) {
+        let mut used = HashSet::new();
+        for item in self.volumes.iter() {
+            match item {
+                Ok((_, v)) => {
+                    if let Ok(Located { dir }) = serde_json::from_slice::<Located>(&v) {
+                        used.insert(dir);
+                    }
+                }
+                // Without the full list nothing can be called unused.
+                Err(e) => return tracing::warn!("not checking for unused secret files: {e}"),
+            }
+        }
+        let entries = match fs::read_dir(&self.secrets_dir) {
+            Ok(e) => e,
+            Err(e) => return tracing::warn!("cannot list the secret files: {e}"),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if used.contains(&name) {
+                continue;
+            }
+            match shred(&entry.path()) {
+                Ok(()) => tracing::info!(file = %name, "removed a secret file no volume uses"),
+                Err(e) => tracing::warn!(file = %name, "cannot remove an unused secret file: {e}"),
+            }
+        }
     }
 }
 
@@ -215,7 +433,48 @@ fn decode(name: &str, bytes: &[u8]) -> Result<VolumeRecord, StateError> {
     })
 }
 
-/// Directories 0700 and files 0600 below `path`: the records hold passwords.
+/// Creates or truncates `path` (0600), writes `bytes` and waits until they are on disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Overwrites the file's bytes with zeros, waits until that is on disk, then deletes it. This
+/// is what a file system lets us do: on a copy-on-write or flash device the old blocks may
+/// live on below it, but no file in the state directory holds the bytes any more. A missing
+/// file is not an error.
+fn shred(path: &Path) -> io::Result<()> {
+    let mut f = match fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+    f.write_all(&vec![0; len])?;
+    f.sync_all()?;
+    drop(f);
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// fsync of a directory, so that a rename or unlink in it is on disk.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Directories 0700 and files 0600 below `path`: the state is root's alone.
 fn restrict_permissions(path: &Path) -> std::io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     if meta.is_dir() {
@@ -240,15 +499,46 @@ mod tests {
     }
 
     fn record(name: &str) -> VolumeRecord {
-        VolumeRecord {
-            name: name.into(),
-            dir: format!("{name}-dir"),
-            created_at: "2024-01-01T00:00:00Z".into(),
-            raw_options: [("password".to_string(), Secret::new("hunter2"))].into(),
-            options: None,
-            mounts: MountCounts::default(),
-            host_key: None,
+        record_with(name, &[("sshcmd", "u@h:/x"), ("password", "hunter2")])
+    }
+
+    fn record_with(name: &str, opts: &[(&str, &str)]) -> VolumeRecord {
+        let opts = opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        VolumeRecord::new(
+            name,
+            format!("{name}-dir"),
+            "2024-01-01T00:00:00Z".into(),
+            opts,
+        )
+    }
+
+    /// Every file below `dir` that holds `needle` anywhere in its bytes.
+    fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                found.extend(files_holding(&p, needle));
+            } else if fs::read(&p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found.push(p);
+            }
         }
+        found
+    }
+
+    fn marker(tag: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!("Marker-{tag}-{}-{nanos:08x}", std::process::id())
     }
 
     #[test]
@@ -284,10 +574,10 @@ mod tests {
         let s = Store::open(&d).unwrap();
         let r = s.get("v1").unwrap().unwrap();
         assert_eq!(r.mounts.total(), 2);
-        assert_eq!(r.raw_options["password"].expose(), "hunter2");
+        assert_eq!(s.options_with_secrets(&r).unwrap()["password"], "hunter2");
         assert!(s.get("v2").unwrap().is_none());
         assert_eq!(s.list().unwrap().len(), 1);
-        for p in [d.clone(), d.join(DB_DIR)] {
+        for p in [d.clone(), d.join(DB_DIR), d.join(SECRETS_DIR)] {
             let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", p.display());
         }
@@ -296,6 +586,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(d.join(SECRETS_DIR).join("v1-dir"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret file");
         drop(s);
         fs::remove_dir_all(&d).unwrap();
     }
@@ -313,11 +608,141 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
+    /// The shape b7644f1 wrote: the parsed options next to the raw ones, the password in both.
+    fn old_shape_record(name: &str, password: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "name": name,
+            "dir": format!("{name}-dir"),
+            "created_at": "2024-01-01T00:00:00Z",
+            "raw_options": {"sshcmd": "u@h:/x", "password": password},
+            "options": {"remote": {"user": "u", "host": "h", "path": "/x"},
+                        "password": password, "from": "an older version"},
+            "mounts": {"id1": 1},
+            "host_key": "SHA256:abc"
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn unknown_option_shape_does_not_break_the_record() {
-        let mut v = serde_json::to_value(record("v")).unwrap();
-        v["options"] = serde_json::json!({"from": "a future version"});
-        let r: VolumeRecord = serde_json::from_value(v).unwrap();
-        assert!(r.options.is_none());
+    fn old_records_load_mount_and_migrate_on_the_next_write() {
+        let d = temp_dir("old-shape");
+        let pw = marker("old");
+        let s = Store::open(&d).unwrap();
+        s.volumes
+            .insert("old", old_shape_record("old", &pw))
+            .unwrap();
+        let r = s.get("old").unwrap().expect("an old record still decodes");
+        assert_eq!(r.mounts.total(), 1);
+        assert_eq!(r.host_key.as_deref(), Some("SHA256:abc"));
+        assert!(!r.public_options().contains_key("password"));
+        assert_eq!(s.options_with_secrets(&r).unwrap()["password"], pw);
+
+        // The next write moves the password to the secret file; it still mounts.
+        s.put(&r).unwrap();
+        let stored = s.volumes.get("old").unwrap().unwrap();
+        let stored = String::from_utf8(stored.to_vec()).unwrap();
+        assert!(!stored.contains(&pw), "migrated record: {stored}");
+        let r = s.get("old").unwrap().unwrap();
+        assert_eq!(r.secret_options, ["password".to_string()].into());
+        let all = s.options_with_secrets(&r).unwrap();
+        assert_eq!(
+            (all["password"].as_str(), all["sshcmd"].as_str()),
+            (pw.as_str(), "u@h:/x")
+        );
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn removed_volumes_leave_no_byte_of_their_secrets() {
+        let d = temp_dir("shred");
+        let (pw, pp) = (marker("pw"), marker("pp"));
+        {
+            let s = Store::open(&d).unwrap();
+            let mut r = record_with(
+                "v",
+                &[("sshcmd", "u@h:/x"), ("Password", &pw), ("passphrase", &pp)],
+            );
+            s.put(&r).unwrap();
+            // Mount/Unmount rewrite the record many times.
+            for i in 0..20 {
+                r = s.get("v").unwrap().unwrap();
+                r.mounts.add(&format!("id{i}"));
+                s.put(&r).unwrap();
+            }
+            let all = s.options_with_secrets(&r).unwrap();
+            assert_eq!((&all["Password"], &all["passphrase"]), (&pw, &pp));
+            for m in [&pw, &pp] {
+                assert_eq!(
+                    files_holding(&d.join(DB_DIR), m.as_bytes()),
+                    Vec::<PathBuf>::new()
+                );
+            }
+            s.remove("v").unwrap();
+            assert!(s.get("v").unwrap().is_none());
+        }
+        for m in [&pw, &pp] {
+            assert_eq!(
+                files_holding(&d, m.as_bytes()),
+                Vec::<PathBuf>::new(),
+                "{m}"
+            );
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_missing_secret_file_is_a_clear_error() {
+        let d = temp_dir("missing-secret");
+        let s = Store::open(&d).unwrap();
+        s.put(&record("v")).unwrap();
+        let r = s.get("v").unwrap().unwrap();
+        // What Get shows needs no secret.
+        assert_eq!(r.public_options()["sshcmd"], "u@h:/x");
+        fs::remove_file(d.join(SECRETS_DIR).join("v-dir")).unwrap();
+        let e = s.options_with_secrets(&r).err().unwrap().to_string();
+        for needed in ["'v'", "password", "docker volume rm v", "create it again"] {
+            assert!(e.contains(needed), "{needed}: {e}");
+        }
+        // Removing it still works.
+        s.remove("v").unwrap();
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unused_secret_files_are_removed_at_open() {
+        let d = temp_dir("orphans");
+        {
+            let s = Store::open(&d).unwrap();
+            s.put(&record("kept")).unwrap();
+        }
+        let orphan = d.join(SECRETS_DIR).join("gone-dir");
+        let tmp = d.join(SECRETS_DIR).join(".kept-dir.tmp");
+        fs::write(&orphan, b"{\"password\":\"left\"}").unwrap();
+        fs::write(&tmp, b"partial").unwrap();
+        let s = Store::open(&d).unwrap();
+        assert!(!orphan.exists() && !tmp.exists());
+        let r = s.get("kept").unwrap().unwrap();
+        assert_eq!(s.options_with_secrets(&r).unwrap()["password"], "hunter2");
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn records_without_secrets_have_no_secret_file() {
+        let d = temp_dir("no-secret");
+        let s = Store::open(&d).unwrap();
+        s.put(&record_with(
+            "k",
+            &[("sshcmd", "u@h:/x"), ("password_file", "/root/.ssh/pw")],
+        ))
+        .unwrap();
+        let r = s.get("k").unwrap().unwrap();
+        assert!(r.secret_options.is_empty());
+        assert_eq!(fs::read_dir(d.join(SECRETS_DIR)).unwrap().count(), 0);
+        assert_eq!(s.options_with_secrets(&r).unwrap(), r.raw_options);
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -50,6 +50,8 @@ fn options_from_cli(
         raw.push(("port".into(), Some(p.to_string())));
     }
     let parsed = options::parse(&raw, Some(remote), Context::Command).map_err(|e| e.to_string())?;
+    // Before any thread starts: `-o password=...` no longer shows in /proc/PID/cmdline.
+    crate::secret::scrub_process_args();
     let mut opts = parsed.options;
     // Like ssh: keys accepted for the first time are recorded in known_hosts.
     opts.learn_host_keys = true;
