@@ -4,9 +4,16 @@
 //! once. Nothing else happens here: which requests count as a change (`Fs::mutated`), what the
 //! kernel is asked for at init, and how a negative entry is sent. It is long only because the
 //! trait has a method per request kind, each a few lines of the same spawn-and-reply shape.
+//!
+//! A panic (a bug) ends only the request it happens in: the reply, dropped while unwinding,
+//! answers EIO (fuser does that for any reply not sent). In a task the runtime catches it; on
+//! the FUSE loop thread, which fuser does not protect and whose death is the mount's, every
+//! callback runs inside `contain`. Our locks are parking_lot's, which are not poisoned by a
+//! panic, so the filesystem serves on.
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -51,6 +58,16 @@ pub fn fuse_config(opts: &MountOptions) -> fuser::Config {
         config.acl = SessionACL::All;
     }
     config
+}
+
+/// Runs a callback on the FUSE loop thread so that a panic in it ends only that request (its
+/// reply is dropped: EIO) and the loop goes on serving.
+fn contain(request: &str, f: impl FnOnce()) {
+    // Unwind safety: what a callback touches is `Fs`, behind parking_lot locks (never
+    // poisoned) and atomics; a request cut short leaves them as a failed request would.
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!("a {request} request panicked (a bug); it failed with EIO");
+    }
 }
 
 /// The filesystem handed to `fuser::Session`.
@@ -106,32 +123,38 @@ impl Filesystem for SshFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(Entry::Found(a)) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Ok(Entry::Absent) if fs.caching() => {
-                    // Node id 0 is a negative entry the kernel may cache for a while.
-                    let mut a = dir_attr(0);
-                    a.ino = INodeNo(0);
-                    reply.entry(&fs.neg_ttl, &a, Generation(0));
+        contain("lookup", || {
+            let name = name.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.lookup(parent.0, &name).await {
+                    Ok(Entry::Found(a)) => reply.entry(&fs.ttl, &a, Generation(0)),
+                    Ok(Entry::Absent) if fs.caching() => {
+                        // Node id 0 is a negative entry the kernel may cache for a while.
+                        let mut a = dir_attr(0);
+                        a.ino = INodeNo(0);
+                        reply.entry(&fs.neg_ttl, &a, Generation(0));
+                    }
+                    Ok(Entry::Absent) => reply.error(Errno::ENOENT),
+                    Err(e) => reply.error(e),
                 }
-                Ok(Entry::Absent) => reply.error(Errno::ENOENT),
-                Err(e) => reply.error(e),
-            }
+            });
         });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.nodes.lock().forget(ino.0, nlookup);
+        contain("forget", || {
+            self.fs.nodes.lock().forget(ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(move |fs| async move {
-            match fs.getattr(ino.0, fh.map(|f| f.0)).await {
-                Ok(a) => reply.attr(&fs.ttl, &a),
-                Err(e) => reply.error(e),
-            }
+        contain("getattr", || {
+            self.spawn(move |fs| async move {
+                match fs.getattr(ino.0, fh.map(|f| f.0)).await {
+                    Ok(a) => reply.attr(&fs.ttl, &a),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -153,29 +176,33 @@ impl Filesystem for SshFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.fs.mutated();
-        let change = Change {
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-        };
-        self.spawn(move |fs| async move {
-            match fs.setattr(ino.0, change, fh.map(|f| f.0)).await {
-                Ok(a) => reply.attr(&fs.ttl, &a),
-                Err(e) => reply.error(e),
-            }
+        contain("setattr", || {
+            self.fs.mutated();
+            let change = Change {
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+            };
+            self.spawn(move |fs| async move {
+                match fs.setattr(ino.0, change, fh.map(|f| f.0)).await {
+                    Ok(a) => reply.attr(&fs.ttl, &a),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(move |fs| async move {
-            match fs.readlink(ino.0).await {
-                Ok(t) => reply.data(&t),
-                Err(e) => reply.error(e),
-            }
+        contain("readlink", || {
+            self.spawn(move |fs| async move {
+                match fs.readlink(ino.0).await {
+                    Ok(t) => reply.data(&t),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -189,13 +216,15 @@ impl Filesystem for SshFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.fs.mutated();
-        let name = name.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.mknod(parent.0, &name, mode).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+        contain("mknod", || {
+            self.fs.mutated();
+            let name = name.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.mknod(parent.0, &name, mode).await {
+                    Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -208,35 +237,41 @@ impl Filesystem for SshFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.fs.mutated();
-        let name = name.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.mkdir(parent.0, &name, mode).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+        contain("mkdir", || {
+            self.fs.mutated();
+            let name = name.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.mkdir(parent.0, &name, mode).await {
+                    Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        // Not `mutated`: see `removing`.
-        let name = name.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        contain("unlink", || {
+            // Not `mutated`: see `removing`.
+            let name = name.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.unlink(parent.0, &name).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        // Not `mutated`: see `removing`.
-        let name = name.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        contain("rmdir", || {
+            // Not `mutated`: see `removing`.
+            let name = name.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.rmdir(parent.0, &name).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -248,14 +283,16 @@ impl Filesystem for SshFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.fs.mutated();
-        let name = link_name.to_owned();
-        let target = target.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.symlink(parent.0, &name, &target).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+        contain("symlink", || {
+            self.fs.mutated();
+            let name = link_name.to_owned();
+            let target = target.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.symlink(parent.0, &name, &target).await {
+                    Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -269,16 +306,18 @@ impl Filesystem for SshFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.mutated();
-        let (name, newname) = (name.to_owned(), newname.to_owned());
-        self.spawn(move |fs| async move {
-            match fs
-                .rename(parent.0, &name, newparent.0, &newname, flags)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        contain("rename", || {
+            self.fs.mutated();
+            let (name, newname) = (name.to_owned(), newname.to_owned());
+            self.spawn(move |fs| async move {
+                match fs
+                    .rename(parent.0, &name, newparent.0, &newname, flags)
+                    .await
+                {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -290,25 +329,29 @@ impl Filesystem for SshFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.fs.mutated();
-        let newname = newname.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.link(ino.0, newparent.0, &newname).await {
-                Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+        contain("link", || {
+            self.fs.mutated();
+            let newname = newname.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.link(ino.0, newparent.0, &newname).await {
+                    Ok(a) => reply.entry(&fs.ttl, &a, Generation(0)),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_TRUNC != 0 {
-            self.fs.mutated();
-        }
-        self.spawn(move |fs| async move {
-            match fs.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(e),
+        contain("open", || {
+            if flags.0 & libc::O_TRUNC != 0 {
+                self.fs.mutated();
             }
+            self.spawn(move |fs| async move {
+                match fs.open(ino.0, flags.0).await {
+                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -323,15 +366,17 @@ impl Filesystem for SshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let of = match self.fs.handle(fh.0) {
-            Ok(of) => of,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(move |fs| async move {
-            match fs.read(ino.0, &of, offset, size).await {
-                Ok(d) => reply.data(&d),
-                Err(e) => reply.error(e),
-            }
+        contain("read", || {
+            let of = match self.fs.handle(fh.0) {
+                Ok(of) => of,
+                Err(e) => return reply.error(e),
+            };
+            self.spawn(move |fs| async move {
+                match fs.read(ino.0, &of, offset, size).await {
+                    Ok(d) => reply.data(&d),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -347,17 +392,19 @@ impl Filesystem for SshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.fs.mutated();
-        let of = match self.fs.handle(fh.0) {
-            Ok(of) => of,
-            Err(e) => return reply.error(e),
-        };
-        let data = data.to_vec();
-        self.spawn(move |fs| async move {
-            match fs.write(ino.0, &of, offset, data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(e),
-            }
+        contain("write", || {
+            self.fs.mutated();
+            let of = match self.fs.handle(fh.0) {
+                Ok(of) => of,
+                Err(e) => return reply.error(e),
+            };
+            let data = data.to_vec();
+            self.spawn(move |fs| async move {
+                match fs.write(ino.0, &of, offset, data).await {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -369,15 +416,17 @@ impl Filesystem for SshFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let of = match self.fs.handle(fh.0) {
-            Ok(of) => of,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(move |fs| async move {
-            match fs.flush(&of).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        contain("flush", || {
+            let of = match self.fs.handle(fh.0) {
+                Ok(of) => of,
+                Err(e) => return reply.error(e),
+            };
+            self.spawn(move |fs| async move {
+                match fs.flush(&of).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -391,11 +440,13 @@ impl Filesystem for SshFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        contain("release", || {
+            self.spawn(move |fs| async move {
+                match fs.release(fh.0).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -407,23 +458,25 @@ impl Filesystem for SshFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let of = match self.fs.handle(fh.0) {
-            Ok(of) => of,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(move |fs| async move {
-            match fs.fsync(&of).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        contain("fsync", || {
+            let of = match self.fs.handle(fh.0) {
+                Ok(of) => of,
+                Err(e) => return reply.error(e),
+            };
+            self.spawn(move |fs| async move {
+                match fs.fsync(&of).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+        contain("opendir", || match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn readdir(
@@ -434,15 +487,17 @@ impl Filesystem for SshFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.listing(ino.0, fh.0, offset).await {
-                Ok(list) => {
-                    let mut reply = reply;
-                    fs.fill(ino.0, &list, offset, &mut reply);
-                    reply.ok();
+        contain("readdir", || {
+            self.spawn(move |fs| async move {
+                match fs.listing(ino.0, fh.0, offset).await {
+                    Ok(list) => {
+                        let mut reply = reply;
+                        fs.fill(ino.0, &list, offset, &mut reply);
+                        reply.ok();
+                    }
+                    Err(e) => reply.error(e),
                 }
-                Err(e) => reply.error(e),
-            }
+            });
         });
     }
 
@@ -454,15 +509,17 @@ impl Filesystem for SshFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.listing(ino.0, fh.0, offset).await {
-                Ok(list) => {
-                    let mut reply = reply;
-                    fs.fill_plus(ino.0, &list, offset, &mut reply);
-                    reply.ok();
+        contain("readdirplus", || {
+            self.spawn(move |fs| async move {
+                match fs.listing(ino.0, fh.0, offset).await {
+                    Ok(list) => {
+                        let mut reply = reply;
+                        fs.fill_plus(ino.0, &list, offset, &mut reply);
+                        reply.ok();
+                    }
+                    Err(e) => reply.error(e),
                 }
-                Err(e) => reply.error(e),
-            }
+            });
         });
     }
 
@@ -474,8 +531,10 @@ impl Filesystem for SshFs {
         _flags: fuser::OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
+        contain("releasedir", || {
+            self.fs.releasedir(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -486,24 +545,28 @@ impl Filesystem for SshFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        contain("fsyncdir", || {
+            reply.ok();
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.spawn(move |fs| async move {
-            match fs.statfs().await {
-                Ok(s) => reply.statfs(
-                    s.blocks,
-                    s.blocks_free,
-                    s.blocks_avail,
-                    s.files,
-                    s.files_free,
-                    s.block_size,
-                    s.name_max,
-                    s.fragment_size,
-                ),
-                Err(e) => reply.error(e),
-            }
+        contain("statfs", || {
+            self.spawn(move |fs| async move {
+                match fs.statfs().await {
+                    Ok(s) => reply.statfs(
+                        s.blocks,
+                        s.blocks_free,
+                        s.blocks_avail,
+                        s.files,
+                        s.files_free,
+                        s.block_size,
+                        s.name_max,
+                        s.fragment_size,
+                    ),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
     }
 
@@ -517,19 +580,81 @@ impl Filesystem for SshFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.fs.mutated();
-        let name = name.to_owned();
-        self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name, mode, flags).await {
-                Ok((a, fh)) => reply.created(
-                    &fs.ttl,
-                    &a,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
-                Err(e) => reply.error(e),
-            }
+        contain("create", || {
+            self.fs.mutated();
+            let name = name.to_owned();
+            self.spawn(move |fs| async move {
+                match fs.create(parent.0, &name, mode, flags).await {
+                    Ok((a, fh)) => reply.created(
+                        &fs.ttl,
+                        &a,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                    Err(e) => reply.error(e),
+                }
+            });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use parking_lot::Mutex;
+
+    use super::contain;
+
+    /// Stands for a fuser reply: dropping it unsent is what answers EIO.
+    struct Reply(Arc<AtomicBool>);
+    impl Drop for Reply {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_panicking_callback_fails_only_its_request() {
+        let table = Arc::new(Mutex::new(0u32));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let reply = Reply(Arc::clone(&dropped));
+        let t = Arc::clone(&table);
+        contain("test", move || {
+            let _reply = reply;
+            let mut g = t.lock();
+            *g += 1;
+            panic!("hostile input");
+        });
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the reply went out (as EIO)"
+        );
+        // The lock held while panicking is free and usable: nothing is poisoned.
+        *table.lock() += 1;
+        assert_eq!(*table.lock(), 2);
+    }
+
+    #[test]
+    fn a_panicking_task_fails_only_its_request() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let reply = Reply(Arc::clone(&dropped));
+        let failed = rt.block_on(rt.spawn(async move {
+            let _reply = reply;
+            panic!("hostile input");
+        }));
+        assert!(failed.is_err_and(|e| e.is_panic()));
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the reply went out (as EIO)"
+        );
+        // The runtime goes on serving requests.
+        assert_eq!(rt.block_on(rt.spawn(async { 7 })).unwrap(), 7);
     }
 }
