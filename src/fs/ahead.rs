@@ -19,6 +19,7 @@
 //! bigger than its whole bound is served to the reader that asked for it but never kept.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use super::Fs;
@@ -232,7 +234,7 @@ impl Fs {
             let size = e.attrs.size.unwrap_or(0);
             let me = Arc::clone(self);
             let full = self.full(&cpath);
-            let ready = async move {
+            let ready = run_shared(&self.rt, async move {
                 let f = me
                     .sftp
                     .open(&full, OpenFlags::READ, FileAttributes::default())
@@ -247,10 +249,7 @@ impl Fs {
                     file: Mutex::new(Some(f)),
                     data: Arc::new(data),
                 }))
-            }
-            .boxed()
-            .shared();
-            self.rt.spawn(ready.clone().map(drop));
+            });
             preloads.insert(
                 cpath,
                 Preload {
@@ -315,7 +314,7 @@ impl Fs {
             let me = Arc::clone(self);
             let p = path.clone();
             let ticket = ahead.ticket();
-            let listing = async move {
+            let listing = run_shared(&self.rt, async move {
                 let _permit = me
                     .ahead
                     .listing_permits
@@ -331,11 +330,7 @@ impl Fs {
                 me.ahead.listings.lock().measured(&p, ticket, l.bytes());
                 me.prefetch_children(&p, &l, depth - 1);
                 Some(l)
-            }
-            .boxed()
-            .shared();
-            // Runs now, whether or not anybody asks for it.
-            self.rt.spawn(listing.clone().map(drop));
+            });
             ahead.insert(
                 path,
                 Prefetch {
@@ -348,6 +343,17 @@ impl Fs {
             );
         }
     }
+}
+
+/// Runs `fetch` now as a task of its own, whether or not anybody asks for the result, and
+/// shares the result. A panic in it (a bug) reads as nothing fetched: awaited directly, a
+/// shared future that panicked would panic again in every request that awaits it.
+fn run_shared<T: Clone + Send + Sync + 'static>(
+    rt: &Handle,
+    fetch: impl Future<Output = Option<T>> + Send + 'static,
+) -> Shared<BoxFuture<'static, Option<T>>> {
+    let task = rt.spawn(fetch);
+    async move { task.await.ok().flatten() }.boxed().shared()
 }
 
 /// Values kept by path, bounded in count and in estimated bytes: the oldest go first.
@@ -475,7 +481,20 @@ impl<V> Kept<V> {
 
 #[cfg(test)]
 mod tests {
-    use super::Kept;
+    use super::{Kept, run_shared};
+
+    #[test]
+    fn a_panic_while_fetching_ahead_reads_as_nothing_fetched() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let shared = run_shared(rt.handle(), async {
+            panic!("hostile listing") as Option<u32>
+        });
+        assert_eq!(rt.block_on(shared.clone()), None);
+        assert_eq!(rt.block_on(shared), None, "every later reader too");
+    }
 
     #[test]
     fn kept_is_bounded_in_bytes_and_drops_the_oldest_first() {
