@@ -380,8 +380,8 @@ pub fn parse(
             }
             "allow_other" => o.allow_other = flag(key, v)?,
             "default_permissions" => o.default_permissions = flag(key, v)?,
-            "uid" => o.uid = Some(parse_num(key, need(key, v, "a numeric user id")?)?),
-            "gid" => o.gid = Some(parse_num(key, need(key, v, "a numeric group id")?)?),
+            "uid" => o.uid = Some(ID.parse(key, need(key, v, ID.expected)?)? as u32),
+            "gid" => o.gid = Some(ID.parse(key, need(key, v, ID.expected)?)? as u32),
             "umask" => o.umask = Some(parse_umask(need(key, v, "an octal mask like 022")?)?),
             "ro" => o.read_only = flag(key, v)?,
             "rw" => o.read_only = !flag(key, v)?,
@@ -390,16 +390,11 @@ pub fn parse(
             }
             "Compression" => o.compression = yes_no(key, v)?,
             "ServerAliveInterval" => {
-                o.server_alive_interval = Duration::from_secs(parse_num::<u64>(
-                    key,
-                    need(key, v, "seconds, 0 to turn keepalives off")?,
-                )?)
+                o.server_alive_interval = KEEPALIVE.seconds(key, v)?;
             }
             "ServerAliveCountMax" => {
-                o.server_alive_count_max = parse_num(key, need(key, v, "a count, at least 1")?)?;
-                if o.server_alive_count_max == 0 {
-                    return Err(bad_value(key, "0", "a count, at least 1"));
-                }
+                let count = KEEPALIVE_COUNT.parse(key, need(key, v, KEEPALIVE_COUNT.expected)?)?;
+                o.server_alive_count_max = count as u32;
             }
             "StrictHostKeyChecking" => {
                 let val = need(key, v, "yes, accept-new or no")?;
@@ -427,20 +422,11 @@ pub fn parse(
                 }
                 o.hostkey = Some(val.to_string());
             }
-            "ConnectTimeout" => {
-                o.connect_timeout =
-                    Duration::from_secs(parse_positive(key, need(key, v, "seconds, at least 1")?)?)
-            }
-            "reconnect_timeout" => {
-                o.reconnect_timeout =
-                    Duration::from_secs(parse_positive(key, need(key, v, "seconds, at least 1")?)?)
-            }
+            "ConnectTimeout" => o.connect_timeout = TIMEOUT.seconds(key, v)?,
+            "reconnect_timeout" => o.reconnect_timeout = TIMEOUT.seconds(key, v)?,
             "follow_symlinks" => o.follow_symlinks = flag(key, v)?,
             "cache" => o.cache = yes_no(key, v)?,
-            "cache_timeout" => {
-                o.cache_timeout =
-                    Duration::from_secs(parse_num::<u64>(key, need(key, v, "seconds")?)?)
-            }
+            "cache_timeout" => o.cache_timeout = CACHE_TIMEOUT.seconds(key, v)?,
             "strict_chown" => o.strict_chown = flag(key, v)?,
             "idmap" => {
                 // sshfs's idmap=user shows the login's files as the local user's; uid=/gid= does
@@ -536,16 +522,62 @@ fn parse_port(v: &str) -> Result<u16, OptionError> {
     }
 }
 
-fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, OptionError> {
-    v.trim()
-        .parse::<T>()
-        .map_err(|_| bad_value(name, v, "a non-negative whole number"))
+/// The values a numeric option takes. Every number has one: a time far in the future
+/// overflows `Instant` arithmetic (a panic), and ids and counts have their own limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Range {
+    pub min: u64,
+    pub max: u64,
+    /// What the error says is expected, with the range in it.
+    pub expected: &'static str,
 }
 
-fn parse_positive(name: &str, v: &str) -> Result<u64, OptionError> {
-    match parse_num::<u64>(name, v)? {
-        0 => Err(bad_value(name, v, "a whole number, at least 1")),
-        n => Ok(n),
+/// `ConnectTimeout`, `reconnect_timeout`: a day at most.
+pub const TIMEOUT: Range = Range {
+    min: 1,
+    max: 86_400,
+    expected: "seconds from 1 to 86400",
+};
+/// `cache_timeout`: 0 trusts nothing cached.
+pub const CACHE_TIMEOUT: Range = Range {
+    min: 0,
+    max: 86_400,
+    expected: "seconds from 0 to 86400",
+};
+/// `ServerAliveInterval`: 0 turns keepalives off.
+pub const KEEPALIVE: Range = Range {
+    min: 0,
+    max: 86_400,
+    expected: "seconds from 0 to 86400 (0 turns keepalives off)",
+};
+/// `ServerAliveCountMax`.
+pub const KEEPALIVE_COUNT: Range = Range {
+    min: 1,
+    max: 1000,
+    expected: "a count from 1 to 1000",
+};
+/// `uid`, `gid`: any u32 but u32::MAX, which chown(2) reserves as -1 ("leave unchanged").
+pub const ID: Range = Range {
+    min: 0,
+    max: u32::MAX as u64 - 1,
+    expected: "a numeric id from 0 to 4294967294",
+};
+
+impl Range {
+    /// Parses a whole number within the range; anything else is refused naming the option,
+    /// the range and the value.
+    pub fn parse(&self, name: &str, v: &str) -> Result<u64, OptionError> {
+        match v.trim().parse::<u64>() {
+            Ok(n) if (self.min..=self.max).contains(&n) => Ok(n),
+            _ => Err(bad_value(name, v, self.expected)),
+        }
+    }
+
+    /// A duration in whole seconds within the range.
+    fn seconds(&self, name: &str, v: Option<&str>) -> Result<Duration, OptionError> {
+        Ok(Duration::from_secs(
+            self.parse(name, need(name, v, self.expected)?)?,
+        ))
     }
 }
 
@@ -689,6 +721,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("aes256-gcm@openssh.com"), "{e}");
+    }
+
+    #[test]
+    fn numbers_have_ranges() {
+        let one = |name: &str, v: &str| plugin(&[("sshcmd", "h:/x"), (name, v)]);
+        // A timeout past what `Instant` can add used to panic inside the mount.
+        for name in ["reconnect_timeout", "ConnectTimeout", "cache_timeout"] {
+            for v in [
+                "86401",
+                "18446744073709551615",
+                "99999999999999999999",
+                "-1",
+            ] {
+                let e = one(name, v).unwrap_err().to_string();
+                assert!(
+                    e.contains(name) && e.contains("86400") && e.contains(v),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(
+            one("reconnect_timeout", "86400").unwrap().reconnect_timeout,
+            Duration::from_secs(86400)
+        );
+        assert!(one("reconnect_timeout", "0").is_err());
+        assert_eq!(
+            one("cache_timeout", "0").unwrap().cache_timeout,
+            Duration::ZERO
+        );
+        assert_eq!(
+            one("ServerAliveInterval", "0")
+                .unwrap()
+                .server_alive_interval,
+            Duration::ZERO
+        );
+        let e = one("ServerAliveCountMax", "1001").unwrap_err().to_string();
+        assert!(
+            e.contains("ServerAliveCountMax") && e.contains("1 to 1000"),
+            "{e}"
+        );
+        assert!(one("ServerAliveCountMax", "0").is_err());
+        assert_eq!(one("uid", "4294967294").unwrap().uid, Some(u32::MAX - 1));
+        let e = one("uid", "4294967295").unwrap_err().to_string();
+        assert!(e.contains("uid") && e.contains("4294967294"), "{e}");
+        assert!(one("gid", "-1").is_err());
+        assert!(one("umask", "1000").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Property tests (a fuzzer in miniature) over the option parser: whatever users or Docker send,
-//! parsing never panics, errors always say what to fix, and valid remotes round-trip.
+//! parsing never panics, errors always say what to fix, valid remotes round-trip, and every
+//! number is taken within its range or refused with the option, the range and the value named.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,32 @@ fn any_text() -> impl Strategy<Value = String> {
         0..80,
     )
     .prop_map(|v| v.into_iter().collect())
+}
+
+/// Every numeric option: name, smallest and largest value taken, how the error states the range.
+const NUMERIC: &[(&str, u64, u64, &str)] = &[
+    ("port", 1, 65535, "1 to 65535"),
+    ("reconnect_timeout", 1, 86400, "1 to 86400"),
+    ("ConnectTimeout", 1, 86400, "1 to 86400"),
+    ("cache_timeout", 0, 86400, "0 to 86400"),
+    ("ServerAliveInterval", 0, 86400, "0 to 86400"),
+    ("ServerAliveCountMax", 1, 1000, "1 to 1000"),
+    ("uid", 0, 4294967294, "0 to 4294967294"),
+    ("gid", 0, 4294967294, "0 to 4294967294"),
+];
+
+fn numeric_value(o: &options::MountOptions, name: &str) -> u64 {
+    match name {
+        "port" => u64::from(o.port),
+        "reconnect_timeout" => o.reconnect_timeout.as_secs(),
+        "ConnectTimeout" => o.connect_timeout.as_secs(),
+        "cache_timeout" => o.cache_timeout.as_secs(),
+        "ServerAliveInterval" => o.server_alive_interval.as_secs(),
+        "ServerAliveCountMax" => u64::from(o.server_alive_count_max),
+        "uid" => u64::from(o.uid.unwrap()),
+        "gid" => u64::from(o.gid.unwrap()),
+        _ => unreachable!("{name}"),
+    }
 }
 
 proptest! {
@@ -78,6 +105,39 @@ proptest! {
         opts.insert("port".to_string(), port.to_string());
         let e = options::parse(&options::from_docker_opts(&opts), None, Context::Plugin).unwrap_err();
         prop_assert!(e.to_string().contains("1 to 65535"));
+    }
+
+    #[test]
+    fn numbers_are_accepted_in_range_or_refused_naming_option_range_and_value(
+        which in 0..NUMERIC.len(),
+        value in prop_oneof![
+            4 => any::<u64>().prop_map(|n| n.to_string()),
+            4 => (0u64..100_000).prop_map(|n| n.to_string()),
+            2 => any::<i128>().prop_map(|n| n.to_string()),
+            1 => Just(u64::MAX.to_string()),
+            1 => Just(u32::MAX.to_string()),
+            1 => "[0-9]{20,40}",
+            1 => any_text(),
+        ],
+    ) {
+        let (name, min, max, range) = NUMERIC[which];
+        let mut opts = BTreeMap::new();
+        opts.insert("sshcmd".to_string(), "h:/x".to_string());
+        opts.insert(name.to_string(), value.clone());
+        let parsed = options::parse(&options::from_docker_opts(&opts), None, Context::Plugin);
+        let in_range = value.trim().parse::<u64>().ok().filter(|n| (min..=max).contains(n));
+        match (parsed, in_range) {
+            (Ok(p), Some(n)) => prop_assert_eq!(numeric_value(&p.options, name), n),
+            (Err(e), None) => {
+                let msg = e.to_string();
+                prop_assert!(msg.contains(name), "{}", msg);
+                if !value.is_empty() {
+                    prop_assert!(msg.contains(range) && msg.contains(&value), "{}", msg);
+                }
+            }
+            (Ok(_), None) => prop_assert!(false, "{} = {:?} accepted out of range", name, value),
+            (Err(e), Some(_)) => prop_assert!(false, "{} = {:?} refused: {}", name, value, e),
+        }
     }
 
     #[test]

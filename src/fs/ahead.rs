@@ -10,9 +10,16 @@
 //! What was fetched ahead is never served across a change: every change made through the mount
 //! bumps `Ahead::mutations`, and anything started before the bump is dropped (a removal drops
 //! only what shows the removed name: `removing`). It also expires: listings with the cache
-//! timeout, file content after `PRELOAD_FRESH`. Both kinds are bounded in count.
+//! timeout, file content after `PRELOAD_FRESH`.
+//!
+//! Memory is bounded in count and in bytes (a listing's bytes are estimated from its entries:
+//! `Listing::bytes`): at most `LISTINGS_KEPT_MAX` of listings fetched ahead or kept for reuse,
+//! `RECENT_KEPT_MAX` of latest listings, `PRELOAD_MAX` x `PRELOAD_MAX_SIZE` of file content,
+//! plus the listings being fetched (`PREFETCH_PARALLEL` at once). The oldest go first; a listing
+//! bigger than its whole bound is served to the reader that asked for it but never kept.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +27,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use super::Fs;
@@ -32,6 +40,10 @@ use crate::sftp::{FileAttributes, OpenFlags};
 const PREFETCH_PARALLEL: usize = 16;
 /// Most listings kept fetched ahead and not yet used.
 const PREFETCH_MAX: usize = 512;
+/// Bytes of listings kept fetched ahead of use or kept for the next opendir (README, limits).
+pub(super) const LISTINGS_KEPT_MAX: usize = 32 << 20;
+/// Bytes of the latest listings kept for the order files are read ahead in (README, limits).
+pub(super) const RECENT_KEPT_MAX: usize = 16 << 20;
 /// How many levels below a directory being read are listed ahead (`ls -R`, `find`, `du`
 /// descend next; listing a whole level at once turns a round trip per directory into one per
 /// level).
@@ -52,11 +64,11 @@ const PRELOAD_FRESH: Duration = Duration::from_secs(2);
 /// What was fetched ahead, mount-wide.
 pub(super) struct Ahead {
     /// Directory listings fetched ahead of use (see `prefetch_children`), by path.
-    listings: Mutex<HashMap<String, Prefetch>>,
+    listings: Mutex<Kept<Prefetch>>,
     /// Small files opened and read ahead, by path (see `PRELOAD_AHEAD`).
     files: Mutex<HashMap<String, Preload>>,
     /// The latest listings by directory path, for the order files are read ahead in.
-    recent: Mutex<HashMap<String, Arc<Listing>>>,
+    recent: Mutex<Kept<Arc<Listing>>>,
     /// Per directory (of those in `recent`), the listing position of the file opened last.
     last_opened: Mutex<HashMap<String, usize>>,
     /// Bounds how many listings are fetched ahead at once.
@@ -69,9 +81,9 @@ pub(super) struct Ahead {
 impl Default for Ahead {
     fn default() -> Self {
         Ahead {
-            listings: Mutex::new(HashMap::new()),
+            listings: Mutex::new(Kept::new(PREFETCH_MAX, LISTINGS_KEPT_MAX)),
             files: Mutex::new(HashMap::new()),
-            recent: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Kept::new(PREFETCH_MAX, RECENT_KEPT_MAX)),
             last_opened: Mutex::new(HashMap::new()),
             listing_permits: Arc::new(Semaphore::new(PREFETCH_PARALLEL)),
             mutations: AtomicU64::new(0),
@@ -117,11 +129,12 @@ impl Fs {
         self.keep_for_reuse(path, list, mutations);
         if self.caching() {
             let mut recent = self.ahead.recent.lock();
-            if recent.len() >= PREFETCH_MAX {
-                recent.clear();
-                self.ahead.last_opened.lock().clear();
+            let ticket = recent.ticket();
+            let dropped = recent.insert(path.to_string(), Arc::clone(list), list.bytes(), ticket);
+            let mut last_opened = self.ahead.last_opened.lock();
+            for d in dropped {
+                last_opened.remove(&d);
             }
-            recent.insert(path.to_string(), Arc::clone(list));
         }
         self.prefetch_children(path, list, PREFETCH_DEPTH);
     }
@@ -134,10 +147,8 @@ impl Fs {
             return;
         }
         let mut ahead = self.ahead.listings.lock();
-        if ahead.len() >= PREFETCH_MAX {
-            return;
-        }
         let ready: Option<Arc<Listing>> = Some(Arc::clone(list));
+        let ticket = ahead.ticket();
         ahead.insert(
             path.to_string(),
             Prefetch {
@@ -145,6 +156,8 @@ impl Fs {
                 mutations,
                 valid_until: list.fetched + self.neg_ttl,
             },
+            list.bytes(),
+            ticket,
         );
     }
 
@@ -183,7 +196,7 @@ impl Fs {
             Some((d, n)) => (d.to_string(), n),
             None => (String::new(), path),
         };
-        let Some(list) = self.ahead.recent.lock().get(&dir).cloned() else {
+        let Some(list) = self.ahead.recent.lock().get(&dir).map(Arc::clone) else {
             return;
         };
         if list.fetched + self.ttl <= Instant::now() || !self.handles.busy_inodes().is_empty() {
@@ -221,7 +234,7 @@ impl Fs {
             let size = e.attrs.size.unwrap_or(0);
             let me = Arc::clone(self);
             let full = self.full(&cpath);
-            let ready = async move {
+            let ready = run_shared(&self.rt, async move {
                 let f = me
                     .sftp
                     .open(&full, OpenFlags::READ, FileAttributes::default())
@@ -236,10 +249,7 @@ impl Fs {
                     file: Mutex::new(Some(f)),
                     data: Arc::new(data),
                 }))
-            }
-            .boxed()
-            .shared();
-            self.rt.spawn(ready.clone().map(drop));
+            });
             preloads.insert(
                 cpath,
                 Preload {
@@ -294,7 +304,7 @@ impl Fs {
         let mut ahead = self.ahead.listings.lock();
         ahead.retain(|_, p| p.mutations == mutations && p.valid_until > now);
         for e in list.entries.iter().filter(|e| attr::is_dir(&e.attrs)) {
-            if ahead.len() >= PREFETCH_MAX {
+            if ahead.full() {
                 break;
             }
             let path = child_path(dir, &e.name);
@@ -303,7 +313,8 @@ impl Fs {
             }
             let me = Arc::clone(self);
             let p = path.clone();
-            let listing = async move {
+            let ticket = ahead.ticket();
+            let listing = run_shared(&self.rt, async move {
                 let _permit = me
                     .ahead
                     .listing_permits
@@ -315,13 +326,11 @@ impl Fs {
                     return None;
                 }
                 let l = me.fetch_listing(&p).await.ok()?;
+                // Counted from now on; one bigger than the whole bound is not kept.
+                me.ahead.listings.lock().measured(&p, ticket, l.bytes());
                 me.prefetch_children(&p, &l, depth - 1);
                 Some(l)
-            }
-            .boxed()
-            .shared();
-            // Runs now, whether or not anybody asks for it.
-            self.rt.spawn(listing.clone().map(drop));
+            });
             ahead.insert(
                 path,
                 Prefetch {
@@ -329,7 +338,213 @@ impl Fs {
                     mutations,
                     valid_until: now + self.ttl,
                 },
+                0,
+                ticket,
             );
         }
+    }
+}
+
+/// Runs `fetch` now as a task of its own, whether or not anybody asks for the result, and
+/// shares the result. A panic in it (a bug) reads as nothing fetched: awaited directly, a
+/// shared future that panicked would panic again in every request that awaits it.
+fn run_shared<T: Clone + Send + Sync + 'static>(
+    rt: &Handle,
+    fetch: impl Future<Output = Option<T>> + Send + 'static,
+) -> Shared<BoxFuture<'static, Option<T>>> {
+    let task = rt.spawn(fetch);
+    async move { task.await.ok().flatten() }.boxed().shared()
+}
+
+/// Values kept by path, bounded in count and in estimated bytes: the oldest go first.
+pub(super) struct Kept<V> {
+    entries: HashMap<String, KeptEntry<V>>,
+    bytes: usize,
+    next_ticket: u64,
+    max_count: usize,
+    max_bytes: usize,
+}
+
+struct KeptEntry<V> {
+    value: V,
+    /// Order of insertion (older is smaller), and which insertion a later `measured` means.
+    ticket: u64,
+    bytes: usize,
+}
+
+impl<V> Kept<V> {
+    pub fn new(max_count: usize, max_bytes: usize) -> Kept<V> {
+        Kept {
+            entries: HashMap::new(),
+            bytes: 0,
+            next_ticket: 0,
+            max_count,
+            max_bytes,
+        }
+    }
+
+    /// The ticket of the next insertion, taken first where a value must know its own.
+    pub fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Whether nothing more fits without dropping something.
+    pub fn full(&self) -> bool {
+        self.entries.len() >= self.max_count || self.bytes >= self.max_bytes
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    /// Keeps `value` (replacing what `key` held), dropping the oldest entries until the bounds
+    /// hold. A value bigger than the whole byte bound is not kept. Returns the keys dropped.
+    pub fn insert(&mut self, key: String, value: V, bytes: usize, ticket: u64) -> Vec<String> {
+        self.remove(&key);
+        if bytes > self.max_bytes {
+            return Vec::new();
+        }
+        let mut dropped = Vec::new();
+        while self.entries.len() >= self.max_count || self.bytes + bytes > self.max_bytes {
+            match self.oldest() {
+                Some(k) => {
+                    self.remove(&k);
+                    dropped.push(k);
+                }
+                None => break,
+            }
+        }
+        self.bytes += bytes;
+        self.entries.insert(
+            key,
+            KeptEntry {
+                value,
+                ticket,
+                bytes,
+            },
+        );
+        dropped
+    }
+
+    /// The size of what the insertion `ticket` under `key` holds is known now (a listing being
+    /// fetched was counted as nothing): count it, dropping the oldest others (or it) to fit.
+    pub fn measured(&mut self, key: &str, ticket: u64, bytes: usize) {
+        let Some(e) = self.entries.get_mut(key).filter(|e| e.ticket == ticket) else {
+            return;
+        };
+        if bytes > self.max_bytes {
+            self.remove(key);
+            return;
+        }
+        self.bytes = self.bytes - e.bytes + bytes;
+        e.bytes = bytes;
+        while self.bytes > self.max_bytes {
+            match self.oldest() {
+                Some(k) => {
+                    self.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let e = self.entries.remove(key)?;
+        self.bytes -= e.bytes;
+        Some(e.value)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &V) -> bool) {
+        let mut freed = 0;
+        self.entries.retain(|k, e| {
+            let kept = keep(k, &e.value);
+            if !kept {
+                freed += e.bytes;
+            }
+            kept
+        });
+        self.bytes -= freed;
+    }
+
+    fn oldest(&self) -> Option<String> {
+        self.entries
+            .iter()
+            .min_by_key(|(_, e)| e.ticket)
+            .map(|(k, _)| k.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kept, run_shared};
+
+    #[test]
+    fn a_panic_while_fetching_ahead_reads_as_nothing_fetched() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let shared = run_shared(rt.handle(), async {
+            panic!("hostile listing") as Option<u32>
+        });
+        assert_eq!(rt.block_on(shared.clone()), None);
+        assert_eq!(rt.block_on(shared), None, "every later reader too");
+    }
+
+    #[test]
+    fn kept_is_bounded_in_bytes_and_drops_the_oldest_first() {
+        let mut k: Kept<u32> = Kept::new(100, 1000);
+        for i in 0..10 {
+            let t = k.ticket();
+            k.insert(format!("d{i}"), i, 300, t);
+            assert!(k.bytes <= 1000);
+        }
+        // The three newest fit in 1000 bytes.
+        assert_eq!(k.entries.len(), 3);
+        assert!(k.contains_key("d9") && k.contains_key("d7") && !k.contains_key("d6"));
+        // Bigger than the whole bound: not kept, and nothing else is dropped for it.
+        let t = k.ticket();
+        k.insert("huge".into(), 0, 5000, t);
+        assert!(!k.contains_key("huge") && k.contains_key("d7"));
+    }
+
+    #[test]
+    fn a_listing_measured_late_is_counted_then() {
+        let mut k: Kept<u32> = Kept::new(100, 1000);
+        let (a, b) = (k.ticket(), k.ticket());
+        k.insert("a".into(), 1, 0, a);
+        k.insert("b".into(), 2, 0, b);
+        k.measured("a", a, 600);
+        k.measured("b", b, 600);
+        // The oldest went to make room for the newer one.
+        assert!(!k.contains_key("a") && k.contains_key("b"));
+        assert_eq!(k.bytes, 600);
+        // A stale ticket (the entry was replaced since) changes nothing.
+        k.measured("b", a, 10_000);
+        assert_eq!(k.bytes, 600);
+        // One bigger than the whole bound is dropped once measured.
+        let c = k.ticket();
+        k.insert("c".into(), 3, 0, c);
+        k.measured("c", c, 5000);
+        assert!(!k.contains_key("c"));
+        assert!(k.contains_key("b"));
+        k.retain(|_, _| false);
+        assert_eq!((k.bytes, k.entries.len()), (0, 0));
+    }
+
+    #[test]
+    fn kept_is_bounded_in_count() {
+        let mut k: Kept<u32> = Kept::new(2, usize::MAX);
+        for i in 0..5 {
+            let t = k.ticket();
+            let dropped = k.insert(format!("d{i}"), i, 1, t);
+            assert!(i < 2 || dropped == vec![format!("d{}", i - 2)]);
+        }
+        assert_eq!(k.entries.len(), 2);
     }
 }

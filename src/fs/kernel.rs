@@ -4,9 +4,17 @@
 //! once. Nothing else happens here: which requests count as a change (`Fs::mutated`), what the
 //! kernel is asked for at init, and how a negative entry is sent. It is long only because the
 //! trait has a method per request kind, each a few lines of the same spawn-and-reply shape.
+//!
+//! A panic (a bug) ends only the request it happens in: the reply, dropped while unwinding,
+//! answers EIO (fuser does that for any reply not sent). In a task the runtime catches it; on
+//! the FUSE loop thread, which fuser does not protect and whose death is the mount's, the
+//! work a callback does there (building its task, or the few callbacks answered at once) runs
+//! inside `contain`. Our locks are parking_lot's, which are not poisoned by a panic, so the
+//! filesystem serves on.
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -100,6 +108,16 @@ impl ListingReply for ReplyDirectoryPlus {
     }
 }
 
+/// Runs work on the FUSE loop thread so that a panic in it ends only that request (its reply
+/// is dropped: EIO) and the loop goes on serving.
+fn contain(request: &str, f: impl FnOnce()) {
+    // Unwind safety: what a callback touches is `Fs`, behind parking_lot locks (never
+    // poisoned) and atomics; a request cut short leaves them as a failed request would.
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!("a {request} request panicked (a bug); it failed with EIO");
+    }
+}
+
 /// The filesystem handed to `fuser::Session`.
 pub struct SshFs {
     fs: Arc<Fs>,
@@ -140,8 +158,10 @@ impl SshFs {
         F: FnOnce(Arc<Fs>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let fut = f(Arc::clone(&self.fs));
-        self.fs.rt.spawn(fut);
+        contain("request", || {
+            let fut = f(Arc::clone(&self.fs));
+            self.fs.rt.spawn(fut);
+        });
     }
 }
 
@@ -192,7 +212,7 @@ impl Filesystem for SshFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.nodes.lock().forget(ino.0, nlookup);
+        contain("forget", || self.fs.nodes.lock().forget(ino.0, nlookup));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -460,10 +480,10 @@ impl Filesystem for SshFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+        contain("opendir", || match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn readdir(
@@ -496,8 +516,10 @@ impl Filesystem for SshFs {
         _flags: fuser::OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
+        contain("releasedir", || {
+            self.fs.releasedir(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -574,5 +596,65 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
     match r {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use parking_lot::Mutex;
+
+    use super::contain;
+
+    /// Stands for a fuser reply: dropping it unsent is what answers EIO.
+    struct Reply(Arc<AtomicBool>);
+    impl Drop for Reply {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_panicking_callback_fails_only_its_request() {
+        let table = Arc::new(Mutex::new(0u32));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let reply = Reply(Arc::clone(&dropped));
+        let t = Arc::clone(&table);
+        contain("test", move || {
+            let _reply = reply;
+            let mut g = t.lock();
+            *g += 1;
+            panic!("hostile input");
+        });
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the reply went out (as EIO)"
+        );
+        // The lock held while panicking is free and usable: nothing is poisoned.
+        *table.lock() += 1;
+        assert_eq!(*table.lock(), 2);
+    }
+
+    #[test]
+    fn a_panicking_task_fails_only_its_request() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let reply = Reply(Arc::clone(&dropped));
+        let failed = rt.block_on(rt.spawn(async move {
+            let _reply = reply;
+            panic!("hostile input");
+        }));
+        assert!(failed.is_err_and(|e| e.is_panic()));
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the reply went out (as EIO)"
+        );
+        // The runtime goes on serving requests.
+        assert_eq!(rt.block_on(rt.spawn(async { 7 })).unwrap(), 7);
     }
 }

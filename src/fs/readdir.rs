@@ -3,7 +3,7 @@
 //! also feed the caches (a complete listing answers negative lookups) and start the listings
 //! of subdirectories ahead (`ahead`). Reserved names (`hidden`) never show.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -23,10 +23,76 @@ pub(super) struct Listing {
     pub fetched: Instant,
 }
 
+// --- listing-size accounting (memory bounds, README limits) ---
+
+/// What keeping one entry costs besides its name's bytes: the entry with its attributes, and
+/// the allocator's overhead on the name.
+const ENTRY_BYTES: usize = std::mem::size_of::<DirEntry>() + 32;
+/// Bytes of directory name sets kept on inodes for negative lookups (`Node::listing`), over
+/// all directories (README, limits).
+pub(super) const NAMES_KEPT_MAX: usize = 16 << 20;
+
+impl Listing {
+    /// The bytes this listing holds, estimated from its entries: what the memory bounds count.
+    pub fn bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.name.len() + ENTRY_BYTES)
+            .sum()
+    }
+}
+
+/// The directories whose name sets are kept (`Node::listing`), oldest first: inode, the
+/// instant its set expires (which tells it from a newer set), estimated bytes.
+#[derive(Default)]
+struct NamesKept {
+    dirs: VecDeque<(u64, Instant, usize)>,
+    bytes: usize,
+}
+
+impl Fs {
+    /// Keeps the names of `list` on the inode of its directory (negative lookups), within
+    /// `NAMES_KEPT_MAX` over all directories: expired sets and the oldest go first, and a
+    /// listing bigger than the whole bound keeps no set.
+    fn keep_names(&self, ino: u64, list: &Listing) {
+        let bytes = list.bytes();
+        let until = list.fetched + self.neg_ttl;
+        let mut t = self.nodes.lock();
+        let Some(n) = t.get_mut(ino) else {
+            return;
+        };
+        if bytes > NAMES_KEPT_MAX {
+            n.listing = None;
+            return;
+        }
+        n.listing = Some((list.entries.iter().map(|e| e.name.clone()).collect(), until));
+        let mut kept = self.dirs.names.lock();
+        kept.dirs.push_back((ino, until, bytes));
+        kept.bytes += bytes;
+        let now = Instant::now();
+        while let Some(&(old, old_until, b)) = kept.dirs.front() {
+            if kept.bytes <= NAMES_KEPT_MAX && old_until > now {
+                break;
+            }
+            kept.dirs.pop_front();
+            kept.bytes -= b;
+            if let Some(n) = t.get_mut(old)
+                && n.listing.as_ref().is_some_and(|(_, u)| *u == old_until)
+            {
+                n.listing = None;
+            }
+        }
+    }
+}
+
+// --- end of listing-size accounting ---
+
 /// Open directories: the listing taken at the first readdir (offset 0), by handle.
 #[derive(Default)]
 pub(super) struct OpenDirs {
     open: Mutex<HashMap<u64, Option<Arc<Listing>>>>,
+    /// Name sets kept on directory inodes (`keep_names`).
+    names: Mutex<NamesKept>,
 }
 
 impl Fs {
@@ -67,13 +133,8 @@ impl Fs {
             },
             None => self.fetch_listing(&path).await?,
         };
-        if self.caching()
-            && let Some(n) = self.nodes.lock().get_mut(ino)
-        {
-            n.listing = Some((
-                list.entries.iter().map(|e| e.name.clone()).collect(),
-                list.fetched + self.neg_ttl,
-            ));
+        if self.caching() {
+            self.keep_names(ino, &list);
         }
         if let Some(taken) = self.dirs.open.lock().get_mut(&fh) {
             *taken = Some(Arc::clone(&list));
@@ -152,7 +213,9 @@ impl Fs {
             let e = &list[i - 2];
             let cpath = child_path(&dir_path, &e.name);
             let cino = t.ensure(&cpath);
-            let node = t.get_mut(cino).expect("just ensured");
+            let node = t
+                .get_mut(cino)
+                .expect("ensure() made it, under this same lock");
             if !busy.contains(&cino) {
                 node.attrs = Some(e.attrs.clone());
                 node.fresh_until = fresh;
@@ -165,7 +228,9 @@ impl Fs {
                 break;
             }
             // Each entry handed over counts as a lookup the kernel will forget later.
-            t.get_mut(cino).expect("still there").nlookup += 1;
+            t.get_mut(cino)
+                .expect("kept: nothing dropped it, under this same lock")
+                .nlookup += 1;
         }
     }
 

@@ -31,10 +31,15 @@ pub struct DirEntry {
 pub fn longname_nlink(longname: &str) -> Option<u32> {
     let mut fields = longname.split_ascii_whitespace();
     let mode = fields.next()?;
-    let kinds = "-dlcbps";
-    let mode_like = mode.len() >= 10
-        && mode.starts_with(|c| kinds.contains(c))
-        && mode[1..10].chars().all(|c| "rwxsStT-".contains(c));
+    // The server's text, possibly not ASCII: look at chars, never slice by byte offsets.
+    let mut chars = mode.chars();
+    let mode_like = chars.next().is_some_and(|c| "-dlcbps".contains(c))
+        && chars
+            .by_ref()
+            .take(9)
+            .filter(|c| "rwxsStT-".contains(*c))
+            .count()
+            == 9;
     if !mode_like {
         return None;
     }
@@ -278,5 +283,19 @@ mod tests {
         assert_eq!(longname_nlink("orig"), None);
         assert_eq!(longname_nlink(""), None);
         assert_eq!(longname_nlink("-rw-r--r-- x user"), None);
+        // Multi-byte characters where the mode is: byte slicing used to panic here.
+        assert_eq!(longname_nlink("-rwé-r--r-- 2 u g"), None);
+        assert_eq!(longname_nlink("-rw-r--r-é 2 u g"), None);
+        assert_eq!(longname_nlink("éééééééééé 2 u g"), None);
+        assert_eq!(longname_nlink("-rw-r--r--é 3 u g"), Some(3));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_long_name_is_parsed_without_panic(s in ".*", n in 1u32..) {
+            let _ = longname_nlink(&s);
+            let line = format!("-rw-r--r-- {n} {s}");
+            proptest::prop_assert_eq!(longname_nlink(&line), Some(n));
+        }
     }
 }
