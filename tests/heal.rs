@@ -85,7 +85,10 @@ fn ls_read_write(sshd: &Sshd, m: &Mount, dir: &str, round: &str) {
         .unwrap_or_else(|e| panic!("{round}: ls: {e}; mount log: {}", m.stderr()))
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.contains(&"seed".to_string()), "{round}: ls shows {names:?}");
+    assert!(
+        names.contains(&"seed".to_string()),
+        "{round}: ls shows {names:?}"
+    );
     let got = fs::read_to_string(m.path(&format!("{dir}/seed")))
         .unwrap_or_else(|e| panic!("{round}: read: {e}; mount log: {}", m.stderr()));
     assert_eq!(got, "seed content\n", "{round}: read");
@@ -373,7 +376,11 @@ fn call_losing_reply<T: Send + 'static>(
     let worker = std::thread::spawn(call);
     lose_the_reply(sshd, proxy, what, done);
     let r = worker.join().unwrap();
-    eprintln!("{what}: {:?} after {:?}", r.as_ref().map(|_| ()), t.elapsed());
+    eprintln!(
+        "{what}: {:?} after {:?}",
+        r.as_ref().map(|_| ()),
+        t.elapsed()
+    );
     r
 }
 
@@ -391,7 +398,10 @@ fn calls_whose_reply_is_lost_succeed_exactly_once() {
     let mut failures = Vec::new();
     for round in 0..3 {
         // mkdir
-        let (d, sd) = (m.path(&format!("dir{round}")), server(&format!("dir{round}")));
+        let (d, sd) = (
+            m.path(&format!("dir{round}")),
+            server(&format!("dir{round}")),
+        );
         let r = call_losing_reply(&sshd, &mut proxy, "mkdir", move || fs::create_dir(d), {
             let sd = sd.clone();
             move || sd.is_dir()

@@ -259,7 +259,10 @@ impl Conn {
             number > channels.len()
         };
         if replaced {
-            tracing::info!(channel = number, "opened an SFTP channel in place of one that ended");
+            tracing::info!(
+                channel = number,
+                "opened an SFTP channel in place of one that ended"
+            );
         }
         self.health.freed.notify_waiters();
         channel

@@ -12,10 +12,10 @@ use parking_lot::Mutex;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use tokio::time::Instant;
 
-use super::channel::{Channel, Conn, HandlePermit, Use};
-use super::ops::{resent_over, took_effect};
 use super::Sftp;
+use super::channel::{Channel, Conn, HandlePermit, Use};
 use super::error::{Error, RawResult, from_raw, transport_error};
+use super::ops::{resent_over, took_effect};
 
 /// A file written through one channel gets at most the server's channel window (OpenSSH: 2 MiB)
 /// per round trip: ~150 MB/s at 13 ms. Past this many bytes written, a file also gets handles on

@@ -252,8 +252,10 @@ impl Sftp {
                     if Instant::now() >= deadline {
                         return (Err(from_raw(e)), resent);
                     }
-                    // Let the supervisor see the dead transport before we look again.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Let the supervisor see the dead transport before we look again; a dead
+                    // channel on a live connection is left out at once, so look again sooner.
+                    let pause = if conn.is_usable() { 10 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 Err(e) => return (Err(from_raw(e)), resent),
             }

@@ -10,8 +10,8 @@ use russh_sftp::extensions::Statvfs;
 use russh_sftp::protocol::{FileAttributes, Packet, StatusCode};
 
 use super::channel::{Conn, Use};
-use super::{Resent, Sftp};
 use super::error::{Error, RawResult};
+use super::{Resent, Sftp};
 use crate::ssh::ConnectError;
 
 /// READDIRs sent at once: OpenSSH answers each with the next batch of up to 100 names, or EOF,
@@ -284,7 +284,10 @@ fn same_file(a: &FileAttributes, b: &FileAttributes) -> bool {
 
 /// `realpath` of the configured path, which must be a directory.
 pub(super) async fn resolve_root(conn: &Conn, path: &str) -> Result<String, ConnectError> {
-    let channel = conn.channel().await.map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    let channel = conn
+        .channel()
+        .await
+        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
     let shown = if path.is_empty() { "~" } else { path };
     let remote_err = |reason: String| ConnectError::RemotePath {
         path: shown.to_string(),
