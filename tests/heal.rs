@@ -176,6 +176,65 @@ fn killed_sftp_servers_are_replaced() {
     }
     std::thread::sleep(Duration::from_millis(200));
     use_open_file(&sshd, &m, "kill", &mut held);
+    let log = m.stderr();
+    assert!(
+        log.contains("in place of one that ended"),
+        "channels replaced: {log}"
+    );
+    assert!(
+        !log.contains("reconnecting"),
+        "idle channels that died are replaced without a reconnect: {log}"
+    );
+}
+
+#[test]
+fn channels_that_keep_dying_replace_the_connection() {
+    const SIZE: usize = 4 << 20;
+    let sshd = Sshd::start();
+    fs::create_dir(sshd.data.join("busy")).unwrap();
+    let want = pseudo_random(11, SIZE);
+    fs::write(sshd.data.join("busy/big"), &want).unwrap();
+    let m = Mount::root(&sshd, "", "cache=no,reconnect_timeout=20");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, path) = (stop.clone(), m.path("busy/big"));
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let got = fs::read(&path).unwrap_or_else(|e| panic!("read #{rounds}: {e}"));
+                assert!(got == want, "read #{rounds} returned other bytes");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let t = Instant::now();
+    let mut kills = 0;
+    while kills < 12 && !m.stderr().contains("replacing the connection") {
+        std::thread::sleep(Duration::from_millis(150));
+        for pid in sftp_servers(&sshd) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        kills += 1;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let rounds = reader
+        .join()
+        .expect("reads stay correct while channels die");
+    eprintln!("{kills} kills, {rounds} reads of 4 MiB, {:?}", t.elapsed());
+    assert!(
+        m.stderr().contains("replacing the connection"),
+        "channels that died under load {kills} times should replace the connection: {}",
+        m.stderr()
+    );
+    assert_eq!(
+        fs::read_dir(m.path("busy")).unwrap().count(),
+        1,
+        "ls afterwards"
+    );
 }
 
 /// Raises this process's open-file limit to at least `n`.

@@ -145,14 +145,8 @@ impl Channel {
             return;
         }
         tracing::debug!(channel = self.number, error = %e, "SFTP channel ended");
-        if ended == Ended::InFlight
-            && self.health.deaths.lock().died(Instant::now())
-            && !self.health.condemned.swap(true, Ordering::SeqCst)
-        {
-            tracing::warn!(
-                "SFTP channels keep dying ({DEATHS_BEFORE_RECONNECT} within {DEATH_WINDOW:?} \
-                 with requests in flight); reconnecting"
-            );
+        if ended == Ended::InFlight && self.health.deaths.lock().died(Instant::now()) {
+            self.health.condemned.store(true, Ordering::SeqCst);
         }
         self.health.freed.notify_waiters();
     }
@@ -201,7 +195,12 @@ impl Conn {
 
     /// False once the SSH transport is gone or its channels kept dying: time to reconnect.
     pub(super) fn is_usable(&self) -> bool {
-        !self.ssh.is_closed() && !self.health.condemned.load(Ordering::SeqCst)
+        !self.ssh.is_closed() && !self.condemned()
+    }
+
+    /// True once its channels kept dying (see `DEATHS_BEFORE_RECONNECT`).
+    pub(super) fn condemned(&self) -> bool {
+        self.health.condemned.load(Ordering::SeqCst)
     }
 
     /// The live channels, dropping the dead ones.
@@ -239,6 +238,8 @@ impl Conn {
         match self.ssh.open_sftp(REQUEST_TIMEOUT).await {
             Ok((raw, _)) => Ok(raw),
             Err(e) => {
+                // Callers waiting for this channel look again.
+                self.health.freed.notify_waiters();
                 if !self.ssh.is_closed() {
                     // A server allowing fewer channels (MaxSessions): make do with those open.
                     let live = self.live().len();

@@ -151,26 +151,31 @@ impl Sftp {
     }
 
     pub async fn rmdir(&self, path: &str) -> Result<(), Error> {
-        let (r, resent) = self
+        let sent = self
             .on_any_channel_noting(|c| async move { c.raw.rmdir(path).await.map(drop) })
             .await;
-        match r {
-            Err(e) if resent_over(&e, resent, StatusCode::NoSuchFile) => {
-                let gone = self.absent(path).await;
-                took_effect("rmdir", path, gone, e)
-            }
-            r => r,
-        }
+        self.removed("rmdir", path, sent).await
     }
 
     pub async fn remove(&self, path: &str) -> Result<(), Error> {
-        let (r, resent) = self
+        let sent = self
             .on_any_channel_noting(|c| async move { c.raw.remove(path).await.map(drop) })
             .await;
+        self.removed("unlink", path, sent).await
+    }
+
+    /// The outcome of removing `path`: a resend's ENOENT is our own first attempt's doing
+    /// when that may have reached the server (the name is gone either way).
+    async fn removed(
+        &self,
+        op: &str,
+        path: &str,
+        (r, resent): (Result<(), Error>, Resent),
+    ) -> Result<(), Error> {
         match r {
             Err(e) if resent_over(&e, resent, StatusCode::NoSuchFile) => {
                 let gone = self.absent(path).await;
-                took_effect("unlink", path, gone, e)
+                took_effect(op, path, gone, e)
             }
             r => r,
         }

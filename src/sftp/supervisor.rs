@@ -118,7 +118,13 @@ pub(super) async fn supervise(remote: Weak<Remote>) {
         }
         let old = strong.state.send_replace(ConnState::Down);
         let target = strong.opts.remote.to_string();
-        tracing::warn!(remote = %target, "connection lost; reconnecting");
+        match &old {
+            ConnState::Up(c) if !c.ssh.is_closed() && c.condemned() => tracing::warn!(
+                remote = %target,
+                "SFTP channels keep dying on this connection; replacing the connection"
+            ),
+            _ => tracing::warn!(remote = %target, "connection lost; reconnecting"),
+        }
         drop(strong);
         // Nothing queued on the old connection may reach the server after what is resent
         // on the new one: close it first.
