@@ -54,6 +54,38 @@ pub(super) fn transport_error(e: &russh_sftp::client::error::Error) -> bool {
     matches!(e, E::IO(_) | E::Timeout | E::UnexpectedBehavior(_))
 }
 
+/// How a request failed when its channel's stream had ended (or never began).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// The stream was already gone: the request was never handed to the transport.
+    BeforeSending,
+    /// The stream ended with the request handed over and unanswered: it may have reached
+    /// the server.
+    InFlight,
+}
+
+/// Whether `e` says the request's channel ended (russh-sftp's own wording: "session closed"
+/// and a failed send for a stream already gone, "sender dropped" for one that went while the
+/// request waited for its answer).
+pub(super) fn channel_ended(e: &russh_sftp::client::error::Error) -> Option<Ended> {
+    use russh_sftp::client::error::Error as E;
+    match e {
+        E::UnexpectedBehavior(m) if m == "session closed" || m.starts_with("SendError") => {
+            Some(Ended::BeforeSending)
+        }
+        E::UnexpectedBehavior(m) if m == "sender dropped" => Some(Ended::InFlight),
+        // Ours: a channel that could not be opened, so nothing was sent on it.
+        E::IO(_) => Some(Ended::BeforeSending),
+        _ => None,
+    }
+}
+
+/// True if a request that failed with `e` may still have been carried out by the server:
+/// every transport failure except one that happened before the request was handed over.
+pub(super) fn may_have_reached(e: &russh_sftp::client::error::Error) -> bool {
+    transport_error(e) && channel_ended(e) != Some(Ended::BeforeSending)
+}
+
 pub(super) fn from_raw(e: russh_sftp::client::error::Error) -> Error {
     use russh_sftp::client::error::Error as E;
     match e {

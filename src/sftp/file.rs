@@ -1,4 +1,5 @@
-//! An open remote file ([`File`]): its handles, reopening them after a reconnect, reads and
+//! An open remote file ([`File`]): its handles, reopening them after a reconnect or the death
+//! of their channel, reads and
 //! writes split into the server's packet size and pipelined, and big writes spread over
 //! several channels. One piece because every part works on the same handle state: the main
 //! handle, the extra write handles and the generation they belong to.
@@ -12,8 +13,9 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use tokio::time::Instant;
 
 use super::Sftp;
-use super::channel::{Channel, Conn, HandlePermit};
+use super::channel::{Channel, Conn, HandlePermit, Use};
 use super::error::{Error, RawResult, from_raw, transport_error};
+use super::ops::{resent_over, took_effect};
 
 /// A file written through one channel gets at most the server's channel window (OpenSSH: 2 MiB)
 /// per round trip: ~150 MB/s at 13 ms. Past this many bytes written, a file also gets handles on
@@ -112,7 +114,7 @@ impl File {
             return false;
         }
         let live = self.sftp.live_generation();
-        matches!(&*self.open.lock(), Some(h) if Some(h.generation) == live)
+        matches!(&*self.open.lock(), Some(h) if Some(h.generation) == live && !h.channel.is_dead())
     }
 
     /// Opens the extra write handles (best effort: a channel or open refused means fewer).
@@ -150,11 +152,11 @@ impl File {
         *self.stripes.lock() = opened;
     }
 
-    /// The extra write handles still valid (none after a reconnect).
+    /// The extra write handles still valid (none after a reconnect; none on a dead channel).
     fn live_stripes(&self) -> Vec<OpenHandle> {
         let live = self.sftp.live_generation();
         let mut stripes = self.stripes.lock();
-        stripes.retain(|h| Some(h.generation) == live);
+        stripes.retain(|h| Some(h.generation) == live && !h.channel.is_dead());
         stripes.clone()
     }
 
@@ -172,6 +174,7 @@ impl File {
                 .write(h.handle.as_str(), at, chunk.to_vec())
                 .await
                 .map(drop)
+                .inspect_err(|e| h.channel.saw(e))
         };
         if let Some(h) = stripe {
             match send(h).await {
@@ -183,9 +186,10 @@ impl File {
         self.call(send).await
     }
 
+    /// The main handle if it is valid on `conn`: opened on it, on a channel still alive.
     fn current(&self, conn: &Conn) -> Option<OpenHandle> {
         match &*self.open.lock() {
-            Some(h) if h.generation == conn.generation => Some(h.clone()),
+            Some(h) if h.generation == conn.generation && !h.channel.is_dead() => Some(h.clone()),
             _ => None,
         }
     }
@@ -198,7 +202,11 @@ impl File {
         self.sftp
             .retry(|conn| {
                 let f = &f;
-                async move { f(self.handle_on(&conn).await?).await }
+                async move {
+                    let h = self.handle_on(&conn).await?;
+                    let channel = h.channel.clone();
+                    f(h).await.inspect_err(|e| channel.saw(e))
+                }
             })
             .await
     }
@@ -324,8 +332,8 @@ impl File {
         let mut handles = std::mem::take(&mut *self.stripes.lock());
         handles.extend(self.open.lock().take());
         let closes = handles.into_iter().map(|h| async move {
-            // A handle from a dead connection is gone with it; nothing to close.
-            if self.sftp.live_generation() != Some(h.generation) {
+            // A handle from a dead connection or channel is gone with it; nothing to close.
+            if self.sftp.live_generation() != Some(h.generation) || h.channel.is_dead() {
                 return Ok(());
             }
             h.channel
@@ -371,12 +379,30 @@ impl Sftp {
         attrs: FileAttributes,
     ) -> Result<File, Error> {
         let flags = flags.difference(OpenFlags::APPEND);
-        let handle = self
-            .retry(|conn| {
+        let attrs = &attrs;
+        let open = |flags: OpenFlags| {
+            self.retry_noting(move |conn| {
                 let attrs = attrs.clone();
                 async move { open_on(&conn, path, flags, attrs).await }
             })
-            .await?;
+        };
+        let handle = match open(flags).await {
+            (Err(e), resent)
+                if flags.contains(OpenFlags::EXCLUDE)
+                    && resent_over(&e, resent, StatusCode::Failure) =>
+            {
+                // An exclusive create resent and refused: the first attempt's file if it is
+                // there as that attempt left it (see `Sftp::retry_noting`).
+                let perm = attrs.permissions.unwrap_or(0o7777) & 0o7777;
+                let ours = matches!(self.lstat(path).await, Ok(a)
+                    if a.is_regular() && a.size == Some(0)
+                        && a.permissions.is_some_and(|m| m & 0o7777 & !perm == 0));
+                took_effect("exclusive create", path, ours, e)?;
+                let again = flags.difference(OpenFlags::CREATE | OpenFlags::EXCLUDE);
+                open(again).await.0?
+            }
+            (r, _) => r?,
+        };
         Ok(File {
             sftp: self.clone(),
             path: Mutex::new(Some(path.to_string())),
@@ -416,7 +442,7 @@ async fn open_on(
     flags: OpenFlags,
     attrs: FileAttributes,
 ) -> RawResult<OpenHandle> {
-    let (channel, permit) = conn.permit().await?;
+    let (channel, permit) = conn.permit(Use::File).await?;
     open_in(conn.generation, channel, permit, path, flags, attrs).await
 }
 
@@ -429,7 +455,12 @@ async fn open_in(
     flags: OpenFlags,
     attrs: FileAttributes,
 ) -> RawResult<OpenHandle> {
-    let handle = channel.raw.open(path, flags, attrs).await?.handle;
+    let handle = channel
+        .raw
+        .open(path, flags, attrs)
+        .await
+        .inspect_err(|e| channel.saw(e))?
+        .handle;
     Ok(OpenHandle {
         generation,
         channel,

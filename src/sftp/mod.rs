@@ -4,7 +4,9 @@
 //! a cap on open handles per SFTP channel (more are spread over extra channels on the same
 //! connection), a cap on the bytes one read or write packet may carry (larger calls are split
 //! and pipelined), and a dropped connection (re-established with backoff; open files are reopened
-//! by path and flags). Every call returns an [`Error`] that maps to an errno.
+//! by path and flags). Every call returns an [`Error`] that maps to an errno. A dead channel on a
+//! live connection is replaced on its own (`channel`); a request that is not idempotent is not
+//! blindly repeated after a failure (`ops`, `file`: see [`Sftp::retry_noting`]).
 //!
 //! This file holds the handle itself: connecting, the state all its clones share, and running a
 //! request on the live connection with retries. The rest, by job:
@@ -38,7 +40,7 @@ pub use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use crate::options::{MountOptions, StrictHostKeyChecking};
 use crate::ssh::ConnectError;
 use channel::{Channel, Conn};
-use error::{RawResult, from_raw, transport_error};
+use error::{RawResult, from_raw, may_have_reached, transport_error};
 use supervisor::{ConnState, establish, supervise};
 
 /// A single request that gets no answer for this long is treated as a dead link.
@@ -63,6 +65,13 @@ pub struct Stats {
     pub reconnects: u64,
     pub state: LinkState,
     pub last_error: Option<String>,
+}
+
+/// Whether a request was sent again after an attempt that may have been carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resent {
+    No,
+    MaybeDone,
 }
 
 /// A connected remote. Cheap to clone; all clones share the connection.
@@ -139,7 +148,7 @@ impl Sftp {
     /// The generation of the connection in use, if it is up.
     fn live_generation(&self) -> Option<u64> {
         match &*self.remote.state.borrow() {
-            ConnState::Up(c) if !c.ssh.is_closed() => Some(c.generation),
+            ConnState::Up(c) if c.is_usable() => Some(c.generation),
             _ => None,
         }
     }
@@ -156,7 +165,7 @@ impl Sftp {
 
     pub fn stats(&self) -> Stats {
         let state = match &*self.remote.state.borrow() {
-            ConnState::Up(c) if !c.ssh.is_closed() => LinkState::Connected,
+            ConnState::Up(c) if c.is_usable() => LinkState::Connected,
             ConnState::Up(_) | ConnState::Down => LinkState::Reconnecting,
             ConnState::Closed => LinkState::Closed,
         };
@@ -174,7 +183,7 @@ impl Sftp {
         let mut rx = self.remote.state.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                ConnState::Up(c) if !c.ssh.is_closed() => return Ok(c.clone()),
+                ConnState::Up(c) if c.is_usable() => return Ok(c.clone()),
                 ConnState::Up(_) => self.remote.trouble.notify_one(),
                 ConnState::Down => {}
                 ConnState::Closed => {
@@ -198,39 +207,87 @@ impl Sftp {
         Instant::now() + self.remote.opts.reconnect_timeout
     }
 
-    /// Runs `f` on the live connection; on a transport failure waits for the reconnect and
-    /// runs it again, until `reconnect_timeout` has passed.
+    /// Runs `f` on the live connection; on a transport failure waits for the reconnect (or
+    /// the channel's replacement) and runs it again, until `reconnect_timeout` has passed.
+    /// For idempotent requests only: see `retry_noting` for the others.
     async fn retry<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: Fn(Arc<Conn>) -> Fut,
         Fut: Future<Output = RawResult<T>>,
     {
+        self.retry_noting(f).await.0
+    }
+
+    /// `retry`, also telling whether an attempt before the last one may have been carried out
+    /// by the server ([`Resent::MaybeDone`]): it failed on the transport after the request was
+    /// handed over (the connection or channel died before the answer came).
+    ///
+    /// The rule for requests that are not idempotent (mkdir, exclusive create, rename, unlink,
+    /// rmdir, link, symlink): when the last attempt fails with the error the first one would
+    /// have caused had it taken effect (EEXIST, i.e. FAILURE from OpenSSH, for a name we create;
+    /// ENOENT for one we remove or rename), and the first attempt may have reached the server,
+    /// the server's state decides: if it is exactly what our call produces (the directory
+    /// exists; the name is gone; source gone and target present; the link points at our
+    /// target; the new name has the same type, size, mtime, mode and owner as the old; the
+    /// created file is empty with no mode bit we did not ask for), the call succeeded. Someone
+    /// else doing the very same thing in the same instant cannot be told apart; SFTP v3 gives
+    /// no request ids that outlive a connection and no inode numbers.
+    async fn retry_noting<T, F, Fut>(&self, f: F) -> (Result<T, Error>, Resent)
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: Future<Output = RawResult<T>>,
+    {
         let deadline = self.deadline();
+        let mut resent = Resent::No;
         loop {
-            let conn = self.conn(deadline).await?;
+            let conn = match self.conn(deadline).await {
+                Ok(c) => c,
+                Err(e) => return (Err(e), resent),
+            };
             match f(conn.clone()).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => return (Ok(v), resent),
                 Err(e) if transport_error(&e) => {
                     tracing::debug!(error = %e, "SFTP transport failed; waiting for reconnect");
+                    if may_have_reached(&e) {
+                        resent = Resent::MaybeDone;
+                    }
                     self.remote.trouble.notify_one();
                     if Instant::now() >= deadline {
-                        return Err(from_raw(e));
+                        return (Err(from_raw(e)), resent);
                     }
-                    // Let the supervisor see the dead transport before we look again.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Let the supervisor see the dead transport before we look again; a dead
+                    // channel on a live connection is left out at once, so look again sooner.
+                    let pause = if conn.is_usable() { 10 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
-                Err(e) => return Err(from_raw(e)),
+                Err(e) => return (Err(from_raw(e)), resent),
             }
         }
     }
 
-    /// `retry` for a request that needs no handle: any channel will do.
+    /// `retry` for a request that needs no handle: any live channel will do.
     async fn on_any_channel<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: Fn(Arc<Channel>) -> Fut,
         Fut: Future<Output = RawResult<T>>,
     {
-        self.retry(|conn| f(conn.pick())).await
+        self.on_any_channel_noting(f).await.0
+    }
+
+    /// `retry_noting` for a request that needs no handle.
+    async fn on_any_channel_noting<T, F, Fut>(&self, f: F) -> (Result<T, Error>, Resent)
+    where
+        F: Fn(Arc<Channel>) -> Fut,
+        Fut: Future<Output = RawResult<T>>,
+    {
+        self.retry_noting(|conn| {
+            let f = &f;
+            async move {
+                let channel = conn.channel().await?;
+                f(channel.clone()).await.inspect_err(|e| channel.saw(e))
+            }
+        })
+        .await
     }
 
     /// Closes the connection; later calls fail with `Disconnected`.

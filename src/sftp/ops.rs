@@ -1,15 +1,17 @@
 //! Requests by path, which need no open file: attributes, listings, creating, removing and
 //! renaming names, links, filesystem statistics, and resolving the mount's root directory.
-//! Each runs on any channel of the live connection and is retried across reconnects.
+//! Each runs on any channel of the live connection and is retried across reconnects; those that
+//! are not idempotent look at the server's state before failing a resend (see
+//! `Sftp::retry_noting` for the rule).
 
 use std::sync::Arc;
 
 use russh_sftp::extensions::Statvfs;
 use russh_sftp::protocol::{FileAttributes, Packet, StatusCode};
 
-use super::Sftp;
-use super::channel::Conn;
+use super::channel::{Conn, Use};
 use super::error::{Error, RawResult};
+use super::{Resent, Sftp};
 use crate::ssh::ConnectError;
 
 /// READDIRs sent at once: OpenSSH answers each with the next batch of up to 100 names, or EOF,
@@ -115,8 +117,13 @@ impl Sftp {
     /// pipelined `READDIR_PIPELINE` at a time; the CLOSE is not waited for.
     pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
         self.retry(|conn| async move {
-            let (channel, permit) = conn.permit().await?;
-            let handle = channel.raw.opendir(path).await?.handle;
+            let (channel, permit) = conn.permit(Use::Listing).await?;
+            let handle = channel
+                .raw
+                .opendir(path)
+                .await
+                .inspect_err(|e| channel.saw(e))?
+                .handle;
             let mut entries = Vec::new();
             let result = 'listing: loop {
                 // join_all polls in order, so the requests go out (and are answered) in order.
@@ -141,7 +148,10 @@ impl Sftp {
                         {
                             break 'listing Ok(entries);
                         }
-                        Err(e) => break 'listing Err(e),
+                        Err(e) => {
+                            channel.saw(&e);
+                            break 'listing Err(e);
+                        }
                     }
                 }
             };
@@ -159,49 +169,93 @@ impl Sftp {
     }
 
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), Error> {
-        self.on_any_channel(|c| async move {
-            let attrs = FileAttributes {
-                permissions: Some(mode & 0o7777),
-                ..FileAttributes::empty()
-            };
-            c.raw.mkdir(path, attrs).await.map(drop)
-        })
-        .await
+        let (r, resent) = self
+            .on_any_channel_noting(|c| async move {
+                let attrs = FileAttributes {
+                    permissions: Some(mode & 0o7777),
+                    ..FileAttributes::empty()
+                };
+                c.raw.mkdir(path, attrs).await.map(drop)
+            })
+            .await;
+        match r {
+            Err(e) if resent_over(&e, resent, StatusCode::Failure) => {
+                let made = matches!(self.lstat(path).await, Ok(a) if a.is_dir());
+                took_effect("mkdir", path, made, e)
+            }
+            r => r,
+        }
     }
 
     pub async fn rmdir(&self, path: &str) -> Result<(), Error> {
-        self.on_any_channel(|c| async move { c.raw.rmdir(path).await.map(drop) })
-            .await
+        let sent = self
+            .on_any_channel_noting(|c| async move { c.raw.rmdir(path).await.map(drop) })
+            .await;
+        self.removed("rmdir", path, sent).await
     }
 
     pub async fn remove(&self, path: &str) -> Result<(), Error> {
-        self.on_any_channel(|c| async move { c.raw.remove(path).await.map(drop) })
-            .await
+        let sent = self
+            .on_any_channel_noting(|c| async move { c.raw.remove(path).await.map(drop) })
+            .await;
+        self.removed("unlink", path, sent).await
+    }
+
+    /// The outcome of removing `path`: a resend's ENOENT is our own first attempt's doing
+    /// when that may have reached the server (the name is gone either way).
+    async fn removed(
+        &self,
+        op: &str,
+        path: &str,
+        (r, resent): (Result<(), Error>, Resent),
+    ) -> Result<(), Error> {
+        match r {
+            Err(e) if resent_over(&e, resent, StatusCode::NoSuchFile) => {
+                let gone = self.absent(path).await;
+                took_effect(op, path, gone, e)
+            }
+            r => r,
+        }
     }
 
     /// Renames, replacing `to` if it exists (posix-rename@openssh.com).
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
-        if !self.remote.posix_rename {
-            return self
-                .on_any_channel(|c| async move { c.raw.rename(from, to).await.map(drop) })
-                .await;
+        let (r, resent) = if self.remote.posix_rename {
+            let mut data = Vec::with_capacity(from.len() + to.len() + 8);
+            put_string(&mut data, from);
+            put_string(&mut data, to);
+            self.on_any_channel_noting(|c| {
+                let data = data.clone();
+                async move { status_ok(c.raw.extended("posix-rename@openssh.com", data).await?) }
+            })
+            .await
+        } else {
+            self.on_any_channel_noting(|c| async move { c.raw.rename(from, to).await.map(drop) })
+                .await
+        };
+        match r {
+            Err(e) if resent_over(&e, resent, StatusCode::NoSuchFile) => {
+                let moved = self.absent(from).await && self.lstat(to).await.is_ok();
+                took_effect("rename", from, moved, e)
+            }
+            r => r,
         }
-        let mut data = Vec::with_capacity(from.len() + to.len() + 8);
-        put_string(&mut data, from);
-        put_string(&mut data, to);
-        self.on_any_channel(|c| {
-            let data = data.clone();
-            async move { status_ok(c.raw.extended("posix-rename@openssh.com", data).await?) }
-        })
-        .await
     }
 
     /// Creates `link` pointing at `target` (argument order handled for OpenSSH).
     pub async fn symlink(&self, target: &str, link: &str) -> Result<(), Error> {
         // OpenSSH takes SSH_FXP_SYMLINK's arguments reversed (its PROTOCOL §4.1): target first.
         // russh-sftp sends its first argument first.
-        self.on_any_channel(|c| async move { c.raw.symlink(target, link).await.map(drop) })
-            .await
+        let (r, resent) = self
+            .on_any_channel_noting(|c| async move { c.raw.symlink(target, link).await.map(drop) })
+            .await;
+        match r {
+            Err(e) if resent_over(&e, resent, StatusCode::Failure) => {
+                let ours = matches!(self.readlink(link).await, Ok(t) if t == target);
+                took_effect("symlink", link, ours, e)
+            }
+            r => r,
+        }
     }
 
     pub async fn readlink(&self, path: &str) -> Result<String, Error> {
@@ -218,8 +272,22 @@ impl Sftp {
 
     /// hardlink@openssh.com: `new` becomes another name for `existing`.
     pub async fn hardlink(&self, existing: &str, new: &str) -> Result<(), Error> {
-        self.on_any_channel(|c| async move { c.raw.hardlink(existing, new).await.map(drop) })
-            .await
+        let (r, resent) = self
+            .on_any_channel_noting(|c| async move { c.raw.hardlink(existing, new).await.map(drop) })
+            .await;
+        match r {
+            Err(e) if resent_over(&e, resent, StatusCode::Failure) => {
+                let (a, b) = tokio::join!(self.lstat(existing), self.lstat(new));
+                let same = matches!((a, b), (Ok(a), Ok(b)) if same_file(&a, &b));
+                took_effect("link", new, same, e)
+            }
+            r => r,
+        }
+    }
+
+    /// True if the server says `path` does not exist.
+    pub(super) async fn absent(&self, path: &str) -> bool {
+        matches!(self.lstat(path).await, Err(e) if e.is_status(StatusCode::NoSuchFile))
     }
 
     pub async fn statvfs(&self, path: &str) -> Result<Statvfs, Error> {
@@ -228,9 +296,40 @@ impl Sftp {
     }
 }
 
+/// True if a resend failed with `code` while an earlier attempt may have taken effect: the case
+/// where the server's state decides (see `Sftp::retry_noting`).
+pub(super) fn resent_over(e: &Error, resent: Resent, code: StatusCode) -> bool {
+    resent == Resent::MaybeDone && e.is_status(code)
+}
+
+/// The outcome of a resent request whose resend failed with `e`: success if the server shows
+/// that the first attempt did what was asked.
+pub(super) fn took_effect(op: &str, path: &str, done: bool, e: Error) -> Result<(), Error> {
+    if done {
+        tracing::info!(
+            path,
+            "{op} was resent after a lost connection and refused; the server shows the first \
+             attempt took effect"
+        );
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Two names of one file, as far as SFTP v3 (no inode numbers) can tell.
+fn same_file(a: &FileAttributes, b: &FileAttributes) -> bool {
+    a.permissions.is_some()
+        && (a.permissions, a.size, a.mtime, a.uid, a.gid)
+            == (b.permissions, b.size, b.mtime, b.uid, b.gid)
+}
+
 /// `realpath` of the configured path, which must be a directory.
 pub(super) async fn resolve_root(conn: &Conn, path: &str) -> Result<String, ConnectError> {
-    let channel = conn.pick();
+    let channel = conn
+        .channel()
+        .await
+        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
     let shown = if path.is_empty() { "~" } else { path };
     let remote_err = |reason: String| ConnectError::RemotePath {
         path: shown.to_string(),

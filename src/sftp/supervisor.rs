@@ -1,6 +1,7 @@
 //! Getting and keeping a connection: opening one (SSH, the first SFTP channel, what the server
-//! supports), the state every request looks at, and the task that replaces a dead connection,
-//! with backoff, until the volume is unmounted.
+//! supports), the state every request looks at, and the task that replaces a dead connection
+//! (or one whose channels keep dying, see `channel`), with backoff, until the volume is
+//! unmounted.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -87,7 +88,10 @@ pub(super) async fn establish(
         write_len = features.write_len,
         "sftp-server features"
     );
-    Ok((Conn::new(generation, ssh, raw), features))
+    Ok((
+        Conn::new(generation, ssh, raw, opts.reconnect_timeout),
+        features,
+    ))
 }
 
 /// Watches the connection and replaces it when it dies, with backoff, until unmounted.
@@ -99,7 +103,7 @@ pub(super) async fn supervise(remote: Weak<Remote>) {
                 return;
             };
             let dead = match &*strong.state.borrow() {
-                ConnState::Up(c) => c.ssh.is_closed(),
+                ConnState::Up(c) => !c.is_usable(),
                 ConnState::Down => true,
                 ConnState::Closed => return,
             };
@@ -117,10 +121,21 @@ pub(super) async fn supervise(remote: Weak<Remote>) {
         if matches!(&*strong.state.borrow(), ConnState::Closed) {
             return;
         }
-        strong.state.send_replace(ConnState::Down);
+        let old = strong.state.send_replace(ConnState::Down);
         let target = strong.opts.remote.to_string();
-        tracing::warn!(remote = %target, "connection lost; reconnecting");
+        match &old {
+            ConnState::Up(c) if !c.ssh.is_closed() && c.condemned() => tracing::warn!(
+                remote = %target,
+                "SFTP channels keep dying on this connection; replacing the connection"
+            ),
+            _ => tracing::warn!(remote = %target, "connection lost; reconnecting"),
+        }
         drop(strong);
+        // Nothing queued on the old connection may reach the server after what is resent
+        // on the new one: close it first.
+        if let ConnState::Up(old) = old {
+            old.shutdown().await;
+        }
 
         let mut backoff = Duration::from_millis(200);
         loop {
