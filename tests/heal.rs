@@ -21,16 +21,6 @@ use common::*;
 /// call that cannot heal fails within seconds instead of a minute.
 const UNCACHED: &str = "cache=no,reconnect_timeout=8";
 
-/// Restarts `sshd` with `lines` added to its configuration.
-fn reconfigure(sshd: &mut Sshd, lines: &str) {
-    let config = sshd.dir.path().join("sshd_config");
-    let mut text = fs::read_to_string(&config).unwrap();
-    text.push_str(lines);
-    fs::write(&config, text).unwrap();
-    sshd.stop();
-    sshd.restart();
-}
-
 /// Parent pid and command name of every process.
 fn processes() -> HashMap<u32, (u32, String)> {
     let mut out = HashMap::new();
@@ -132,7 +122,7 @@ fn use_open_file(sshd: &Sshd, m: &Mount, dir: &str, f: &mut fs::File) {
 fn channels_closed_for_idleness_are_replaced() {
     let mut sshd = Sshd::start();
     // OpenSSH 9.2 names channel types `session:command`, `session:subsystem:sftp`, ...
-    reconfigure(&mut sshd, "ChannelTimeout session:*=3s\n");
+    sshd.reconfigure("ChannelTimeout session:*=3s");
     fs::create_dir(sshd.data.join("idle")).unwrap();
     fs::write(sshd.data.join("idle/seed"), "seed content\n").unwrap();
     let m = Mount::root(&sshd, "", UNCACHED);

@@ -139,6 +139,8 @@ pub struct Sshd {
     pub dir: TempDir,
     pub port: u16,
     child: Child,
+    /// sshd_config lines added to the shared settings (see [`Sshd::reconfigure`]).
+    extra: Vec<String>,
     /// Unencrypted ed25519 user key (in authorized_keys).
     pub key: PathBuf,
     /// Passphrase-protected ed25519 user key (in authorized_keys), see [`KEY_PASSPHRASE`].
@@ -181,13 +183,14 @@ impl Sshd {
         for _attempt in 0..10 {
             let port = free_port();
             let log = fs::File::create(d.join("sshd.log")).unwrap();
-            let mut child = spawn_sshd(&d, port, log);
+            let mut child = spawn_sshd(&d, port, &[], log);
             match wait_for_banner(port, &mut child) {
                 Ok(()) => {
                     return Sshd {
                         dir,
                         port,
                         child,
+                        extra: Vec::new(),
                         key,
                         encrypted_key,
                         host_fingerprint,
@@ -240,7 +243,7 @@ const SSHD_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sshd/sshd_
 
 /// Runs /usr/sbin/sshd in the foreground on 127.0.0.1:`port` with the shared settings plus this
 /// server's own files in `d` (host key, pid file, authorized_keys), logging to `log`.
-fn spawn_sshd(d: &Path, port: u16, log: fs::File) -> Child {
+fn spawn_sshd(d: &Path, port: u16, extra: &[String], log: fs::File) -> Child {
     let own = [
         format!("Port={port}"),
         "ListenAddress=127.0.0.1".to_string(),
@@ -251,7 +254,7 @@ fn spawn_sshd(d: &Path, port: u16, log: fs::File) -> Child {
     ];
     let mut cmd = Command::new("/usr/sbin/sshd");
     cmd.args(["-D", "-e", "-f", SSHD_CONFIG]);
-    for o in &own {
+    for o in own.iter().chain(extra) {
         cmd.arg("-o").arg(o);
     }
     cmd.stdin(Stdio::null())
@@ -665,6 +668,20 @@ impl Sshd {
 
     /// Starts the server again on the same port with the same configuration (and host key,
     /// unless [`Sshd::new_host_key`] replaced it).
+    /// Stops the server and starts it again with `lines` (sshd_config lines, e.g.
+    /// `ChannelTimeout session:*=3s`) added to its settings.
+    pub fn reconfigure(&mut self, lines: &str) {
+        self.extra.extend(
+            lines
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
+        self.stop();
+        self.restart();
+    }
+
     pub fn restart(&mut self) {
         let d = self.dir.path().to_path_buf();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -674,7 +691,7 @@ impl Sshd {
                 .create(true)
                 .open(d.join("sshd.log"))
                 .unwrap();
-            let mut child = spawn_sshd(&d, self.port, log);
+            let mut child = spawn_sshd(&d, self.port, &self.extra, log);
             match wait_for_banner(self.port, &mut child) {
                 Ok(()) => {
                     self.child = child;

@@ -1,4 +1,4 @@
-//! issue 11 through Docker: copy-up of an image directory full of symlinks (busybox's applet
+//! Issue 11 through Docker: copy-up of an image directory full of symlinks (busybox's applet
 //! links, absolute, relative and dangling ones), hard links and nested directories into an empty
 //! volume, as root and as a non-root login. Docker lchowns and lutimes every link it copies: that
 //! must set the link on the server, never what it points to (the server's own /etc/passwd here).
@@ -42,7 +42,7 @@ fn sh(script: &str) {
 /// directories with a relative link into them, and a file with two names. Everything is dated
 /// [`IMAGE_TIME`]. `docker import`ed from a tarball: no registry.
 fn build_image(ctx: &Ctx) -> Image {
-    let work = RemoveDir(std::env::temp_dir().join(ctx.unique("integrity-image")));
+    let work = RemoveDir(std::env::temp_dir().join(ctx.unique("copyup-image")));
     let root = work.0.join("root");
     let bin = root.join("bin");
     fs::create_dir_all(bin.join("nested/a/b/c")).unwrap();
@@ -63,7 +63,7 @@ fn build_image(ctx: &Ctx) -> Image {
         tar = work.0.join("rootfs.tar").display(),
     );
     sh(&script);
-    let image = Image(format!("{}-integrity:{}", e2e::PREFIX, std::process::id()));
+    let image = Image(format!("{}-copyup:{}", e2e::PREFIX, std::process::id()));
     docker(&[
         "import",
         "--change",
@@ -109,7 +109,7 @@ fn link_at(dir: &Path, rel: &str) -> PathBuf {
 
 /// Runs a container with an empty volume over the image's /bin, checks what reached the server.
 fn copy_up(ctx: &Ctx, image: &Image, dir: &RemoteDir, opts: &[String], login_uid: u32) {
-    let vol = ctx.volume("integrity", opts);
+    let vol = ctx.volume("copyup", opts);
     let passwd_before = server_passwd(ctx);
     let name = ctx.unique("c");
     let _guard = Container { name: name.clone() };
@@ -203,7 +203,7 @@ fn copy_up_of_links_hard_links_and_dirs_as_root_and_non_root() {
     };
     let image = build_image(&ctx);
 
-    let dir = ctx.remote_dir("integrity-root");
+    let dir = ctx.remote_dir("copyup-root");
     let opts = vec![
         format!("sshcmd=root@{}:{}", ctx.cfg.host, dir.remote),
         format!("password={}", ctx.cfg.root_password),
@@ -211,7 +211,7 @@ fn copy_up_of_links_hard_links_and_dirs_as_root_and_non_root() {
     ];
     copy_up(&ctx, &image, &dir, &opts, 0);
 
-    let dir = ctx.remote_dir("integrity-tester");
+    let dir = ctx.remote_dir("copyup-tester");
     let opts = ctx.password_opts(&dir);
     copy_up(&ctx, &image, &dir, &opts, 1000);
 }
