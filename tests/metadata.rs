@@ -1,8 +1,9 @@
-//! Metadata never lands in the wrong place (issue 11), through a real mount on a throwaway OpenSSH server: times and ownership set on a symlink
-//! (`touch -h`, `chown -h`) change the link itself on the server, never the file it points to,
-//! whether that lies outside the mounted remote path (absolute link), inside it (relative link)
-//! or nowhere (dangling link), as root and as a login that may not give files away; and a
-//! change of the group alone is not taken for a no-op.
+//! Metadata never lands in the wrong place (issue 11), through a real mount on a throwaway
+//! OpenSSH server: times and ownership set on a symlink (`touch -h`, `chown -h`) change the link
+//! itself on the server, never the file it points to, whether that lies outside the mounted
+//! remote path (absolute link), inside it (relative link) or nowhere (dangling link), as root
+//! and as a login that may not give files away; and a change of the group alone is not taken
+//! for a no-op.
 
 mod common;
 
