@@ -200,6 +200,43 @@ fn unlinked_while_open_survives_a_reconnect_until_the_last_close() {
     assert!(names(&server).is_empty());
 }
 
+/// `mv new t` over a file `t` that is open: the open file keeps its identity (as on a local
+/// disk) through a reconnect, while the name shows the new file at once.
+#[test]
+fn replaced_by_rename_while_open_survives_a_reconnect() {
+    let sshd = Sshd::start();
+    let server = sshd.data.join("over");
+    fs::create_dir(&server).unwrap();
+    let m = Mount::root(&sshd, "over", FAST);
+    let data = pseudo_random(34, MIB + 777);
+    let mut f = open_rw(&m.path("t"));
+    f.write_all(&data[..MIB]).unwrap();
+    fs::write(m.path("new"), b"the replacement").unwrap();
+    fs::rename(m.path("new"), m.path("t")).unwrap();
+    assert_eq!(fs::read(m.path("t")).unwrap(), b"the replacement");
+    sshd.kill_sessions();
+    let back = write_then_read_all(&mut f, &data[MIB..]);
+    assert!(
+        back == data,
+        "everything written through the open file reads back"
+    );
+    assert_eq!(
+        fs::read(server.join("t")).unwrap(),
+        b"the replacement",
+        "the replacement is untouched on the server"
+    );
+    assert_eq!(
+        names(&m.mountpoint),
+        vec!["t".to_string()],
+        "listings show only t"
+    );
+    drop(f);
+    eventually("the replaced file removed at the last close", || {
+        reserved_names(&server).is_empty()
+    });
+    assert_eq!(names(&server), vec!["t".to_string()]);
+}
+
 /// Not a defect on 76c591c (which removed the file at once): a guard that hiding does not
 /// break rmdir of a directory whose last file is unlinked while still open.
 #[test]

@@ -213,6 +213,16 @@ impl Inodes {
         }
     }
 
+    /// Undoes `hide`: the entry at the reserved path `from` is back at `to`.
+    pub fn unhide(&mut self, from: &str, to: &str) {
+        self.rename(from, to);
+        if let Some(n) = self.node_at(to) {
+            n.hidden = false;
+            n.nlink = None;
+            n.stale();
+        }
+    }
+
     /// For an entry hidden by `hide` whose last handle was released: forgets its reserved
     /// name and returns it, to be removed (once: a second call returns `None`).
     pub fn take_hidden(&mut self, ino: u64) -> Option<String> {

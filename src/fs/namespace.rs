@@ -402,8 +402,16 @@ impl Fs {
                 Err(e) => return Err(errno(&e)),
             }
         }
+        let aside = self.set_aside(&from, &npath, &to).await;
         if let Err(e) = self.sftp.rename(&ffrom, &fto).await {
+            if let Some(aside) = &aside {
+                self.put_back(aside, &to).await;
+            }
             return Err(self.rename_errno(&e, &ffrom, &fto).await);
+        }
+        if let Some(aside) = aside {
+            // Its last handle may have been released while the rename was on its way.
+            remove_hidden(&self.sftp, self.take_hidden(aside.ino)).await;
         }
         {
             let mut t = self.nodes.lock();
@@ -416,6 +424,43 @@ impl Fs {
         }
         self.sync_names();
         Ok(())
+    }
+
+    /// Before a rename replaces `to`: when the file there is open, it is moved to a reserved
+    /// name first, as unlink does (see `hidden`), so that its handles keep their file, across
+    /// reconnects too, until the last one is closed. Other clients see `to` missing for that
+    /// moment (NFS does the same). Only for a regular file with open handles, and only when the
+    /// source is there (a rename that would fail must not move the target away).
+    async fn set_aside(&self, from: &str, npath: &str, to: &str) -> Option<SetAside> {
+        let ino = {
+            let t = self.nodes.lock();
+            let ino = t.ino_of(to)?;
+            (t.ino_of(from) != Some(ino)).then_some(ino)?
+        };
+        self.io_of(ino)?;
+        self.sftp.lstat(&self.full(from)).await.ok()?;
+        let hpath = child_path(npath, &self.hiding.name(ino));
+        if let Err(e) = self.sftp.rename(&self.full(to), &self.full(&hpath)).await {
+            tracing::debug!(
+                path = to,
+                "could not set aside a file replaced while open: {e}"
+            );
+            return None;
+        }
+        self.nodes.lock().hide(to, &hpath);
+        self.sync_names();
+        Some(SetAside { ino, hidden: hpath })
+    }
+
+    /// Undoes `set_aside` after the rename failed: the file goes back to its name.
+    async fn put_back(&self, aside: &SetAside, to: &str) {
+        let (hidden, back) = (self.full(&aside.hidden), self.full(to));
+        if let Err(e) = self.sftp.rename(&hidden, &back).await {
+            tracing::warn!(path = to, hidden = %hidden, "could not put back a file set aside: {e}");
+            return;
+        }
+        self.nodes.lock().unhide(&aside.hidden, to);
+        self.sync_names();
     }
 
     pub(super) async fn link(
@@ -450,4 +495,11 @@ impl Fs {
         }
         Ok(self.file_attr(fa.ino.0, &a))
     }
+}
+
+/// A file moved to a reserved name so that a rename could replace its name (`set_aside`).
+struct SetAside {
+    ino: u64,
+    /// Its reserved path, relative to the mount root.
+    hidden: String,
 }
