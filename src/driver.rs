@@ -10,9 +10,12 @@
 //! are lazily unmounted and the counts are KEPT. Containers that were running keep a dead mount
 //! ("Transport endpoint is not connected") until they are restarted; their later Unmounts still
 //! balance the kept counts, and the next Mount of the volume (any container) mounts it afresh
-//! because nothing is mount. A volume whose counts can no longer balance (its containers vanished
+//! because nothing is live. A volume whose counts can no longer balance (its containers vanished
 //! without Unmount, e.g. dockerd was killed) stays removable: Remove only refuses while the
 //! volume is actually mounted.
+//!
+//! One file because every call goes through the same per-volume lock and mount state; split by
+//! call, that invariant would be spread over several. The last seventh is unit tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -672,7 +675,7 @@ impl Driver {
     }
 
     /// Takes the volume's lock. Retries if the runtime was replaced (the volume was removed and
-    /// re-created while we waited), so two volumes can never mount the same volume.
+    /// re-created while we waited), so two runtimes can never mount the same volume.
     async fn lock_volume(
         &self,
         name: &str,

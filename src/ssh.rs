@@ -1,5 +1,8 @@
 //! The SSH connection: TCP connect, algorithm choice, host-key verification (via `hostkey`),
 //! authentication, keepalives, and SFTP channels on top.
+//!
+//! One file because it is one handshake, in order: each step's failure becomes the one message
+//! that names what to fix. The last quarter is unit tests.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

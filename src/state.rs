@@ -12,6 +12,9 @@
 //! unbounded time. A secret file is named by the record's `dir`, replaced atomically and
 //! fsynced, and on Remove overwritten and deleted: after `docker volume rm`, no byte of the
 //! volume's secrets is left in the state directory.
+//!
+//! One file because the record's shape and where each part of it is kept (sled, or the secret
+//! files) change together. The last third is unit tests.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;

@@ -17,6 +17,9 @@
 //! `RECENT_KEPT_MAX` of latest listings, `PRELOAD_MAX` x `PRELOAD_MAX_SIZE` of file content,
 //! plus the listings being fetched (`PREFETCH_PARALLEL` at once). The oldest go first; a listing
 //! bigger than its whole bound is served to the reader that asked for it but never kept.
+//!
+//! One file because both kinds share the change counter and the rules for when what was
+//! fetched is dropped; a rule written in two places would drift.
 
 use std::collections::HashMap;
 use std::future::Future;

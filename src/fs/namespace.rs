@@ -5,6 +5,9 @@
 //! A file keeps its identity through rename and unlink: open files are told their new remote
 //! path (`sync_names`), and a file unlinked while open is hidden under a reserved name until
 //! its last release (`hidden`), so it can still be reopened after a reconnect.
+//!
+//! One file because every call here changes a directory's names and keeps the same caches in
+//! step the same way (`dir_changed`, `removing`, `sync_names`).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;

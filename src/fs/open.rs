@@ -1,6 +1,9 @@
 //! Open files: the handle table (which handles are open, and the I/O state the handles of one
 //! inode share), open, create, read, write, flush, fsync and release. What happens to the bytes
 //! of an open file (write-behind, read-ahead) is `file`'s.
+//!
+//! One file because every call on a handle starts from the same table, and the table's
+//! invariants (one I/O state per inode, gone with its last handle) are kept only here.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
