@@ -21,6 +21,9 @@ use crate::sftp::{DirEntry, FileAttributes};
 pub(super) struct Listing {
     pub entries: Vec<DirEntry>,
     pub fetched: Instant,
+    /// `Ahead::mutations` when the fetch started: if it moved since, an entry's attributes
+    /// may predate a change made through the mount (a write that has landed since).
+    pub mutations: u64,
 }
 
 // --- listing-size accounting (memory bounds, README limits) ---
@@ -146,6 +149,7 @@ impl Fs {
     /// Lists `path` from the server.
     pub(super) async fn fetch_listing(&self, path: &str) -> Result<Arc<Listing>, Errno> {
         let fetched = Instant::now();
+        let mutations = self.ahead.mutations();
         let mut list = self
             .sftp
             .read_dir(&self.full(path))
@@ -173,6 +177,7 @@ impl Fs {
         Ok(Arc::new(Listing {
             entries: list,
             fetched,
+            mutations,
         }))
     }
 
@@ -184,6 +189,9 @@ impl Fs {
         reply: &mut ReplyDirectoryPlus,
     ) {
         let busy = self.handles.busy_inodes();
+        // After a change through the mount, what we know of an entry may be newer than the
+        // listing (a size a write has given it since): ours wins where we have it.
+        let changed_since = self.ahead.mutations() != list.mutations;
         // Entries are as fresh as the listing, which may have been fetched ahead.
         let fresh = self.caching().then(|| list.fetched + self.ttl);
         let ttl = fresh.map_or(Duration::ZERO, |f| {
@@ -216,7 +224,8 @@ impl Fs {
             let node = t
                 .get_mut(cino)
                 .expect("ensure() made it, under this same lock");
-            if !busy.contains(&cino) {
+            let ours_newer = changed_since && node.attrs.is_some();
+            if !busy.contains(&cino) && !ours_newer {
                 node.attrs = Some(e.attrs.clone());
                 node.fresh_until = fresh;
                 node.nlink = e.nlink;
