@@ -224,7 +224,7 @@ impl Fs {
             let node = t
                 .get_mut(cino)
                 .expect("ensure() made it, under this same lock");
-            let ours_newer = changed_since && node.attrs.is_some();
+            let ours_newer = changed_since && node.fresh_attrs(Instant::now()).is_some();
             if !busy.contains(&cino) && !ours_newer {
                 node.attrs = Some(e.attrs.clone());
                 node.fresh_until = fresh;
