@@ -1,5 +1,7 @@
 //! Memory bounds of a real mount: a walk of a tree of big directories must not grow the mount
-//! process's memory past the bound documented in the README (limits) and `src/fs/ahead.rs`.
+//! process's memory past the bound documented in the README (limits), `src/fs/ahead.rs` and
+//! `src/fs/inodes.rs` (the inode table is trimmed past `NODES_MAX`, so the bound does not grow
+//! with the number of names).
 //!
 //! The tree is made on the server's side directly (in the sshd's data directory on local
 //! disk), then walked through the mount as `ls -lR` does (list each directory, stat each
