@@ -564,7 +564,6 @@ mod tests {
         let e = t.stale_entries(9);
         assert!(e.iter().all(|e| e.ino != ROOT));
         assert!(t.stale_entries(0).is_empty());
-        let _ = (d, f);
     }
 
     #[test]
