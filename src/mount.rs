@@ -110,6 +110,7 @@ pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, Mo
     let sftp = Sftp::connect(opts).await?;
     let fs = SshFs::new(sftp.clone(), opts, tokio::runtime::Handle::current());
     let write_behind = fs.write_behind();
+    let trimmer = fs.trimmer();
     let config = fuse_config(opts);
     let path = mountpoint.to_path_buf();
     let fuse_err = |reason: String| MountError::Fuse {
@@ -127,6 +128,9 @@ pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, Mo
             return Err(fuse_err(explain_mount_error(&e)));
         }
     };
+    trimmer
+        .start(session.notifier())
+        .map_err(|e| fuse_err(e.to_string()))?;
     let (tx, ended) = watch::channel(false);
     let shown = mountpoint.display().to_string();
     std::thread::Builder::new()

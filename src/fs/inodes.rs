@@ -5,13 +5,34 @@
 //! files and cached dentries keep their inode; an unlinked or replaced entry stays as an orphan
 //! without a path until the kernel forgets it. An entry unlinked while open keeps a path: the
 //! reserved name it was hidden under (`hidden`), until its last release removes it.
+//!
+//! Bounded: the kernel holds a lookup on every name it has seen (readdirplus entries count)
+//! and forgets them only under memory pressure, so an `ls -lR` of millions of names would
+//! keep a node for each. Past `NODES_MAX` nodes, a thread of the mount (`Trimmer`) asks the
+//! kernel to drop the least recently looked-up entries that nothing needs (FUSE_NOTIFY_INVAL_
+//! ENTRY); the kernel then sends FORGET for them and `forget` drops them. Recency is a stamp
+//! per node from one counter, set on lookup and getattr; a trim finds the oldest with one
+//! partial selection (`select_nth_unstable`) over the table, and trims a tenth of the budget at
+//! once, so the scan costs a few steps per inserted name.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Instant, SystemTime};
+use std::ffi::OsStr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{INodeNo, Notifier};
 
 use crate::sftp::FileAttributes;
 
 pub const ROOT: u64 = 1;
+
+/// Nodes the table holds before the oldest are trimmed (README, limits: ~1 KiB each with
+/// 200-byte names, so ~100 MiB at most).
+pub const NODES_MAX: usize = 100_000;
+/// A trim brings the table down to this many nodes (one trim per `NODES_MAX / 10` names).
+const NODES_AFTER_TRIM: usize = NODES_MAX - NODES_MAX / 10;
+/// How often the trimmer looks at the table's size.
+const TRIM_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct Node {
@@ -33,6 +54,8 @@ pub struct Node {
     /// `path` is a reserved name this entry was hidden under when it was unlinked while open:
     /// it goes at the last release.
     pub hidden: bool,
+    /// When the kernel last looked the entry up or asked for its attributes (`Inodes::clock`).
+    stamp: u64,
 }
 
 impl Node {
@@ -46,6 +69,7 @@ impl Node {
             listing: None,
             nlink: None,
             hidden: false,
+            stamp: 0,
         }
     }
 
@@ -76,6 +100,8 @@ pub struct Inodes {
     nodes: HashMap<u64, Node>,
     by_path: BTreeMap<String, u64>,
     next: u64,
+    /// Recency counter for `Node::stamp`.
+    clock: u64,
 }
 
 impl Default for Inodes {
@@ -96,6 +122,7 @@ impl Inodes {
             nodes,
             by_path,
             next: ROOT + 1,
+            clock: 0,
         }
     }
 
@@ -139,7 +166,67 @@ impl Inodes {
         node.nlookup += 1;
         node.attrs = Some(attrs);
         node.fresh_until = fresh;
+        self.clock += 1;
+        node.stamp = self.clock;
         ino
+    }
+
+    /// The kernel used the entry (e.g. asked for its attributes): it is recent.
+    pub fn touch(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            self.clock += 1;
+            node.stamp = self.clock;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Up to `want` of the least recently used entries the kernel may be asked to forget:
+    /// looked up, with a path in a known parent, not the root, not hidden (its reserved name
+    /// must stay until its release), and not a directory with known entries below it (those go
+    /// first; a directory's subtree is never cut from under its children).
+    pub fn stale_entries(&self, want: usize) -> Vec<StaleEntry> {
+        if want == 0 {
+            return Vec::new();
+        }
+        let mut old: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|(ino, n)| **ino != ROOT && n.nlookup > 0 && !n.hidden && n.path.is_some())
+            .map(|(ino, n)| (n.stamp, *ino))
+            .collect();
+        // Twice what is wanted: some of the oldest are directories still holding children.
+        let keep = (want * 2).min(old.len());
+        if keep < old.len() {
+            old.select_nth_unstable(keep);
+            old.truncate(keep);
+        }
+        old.sort_unstable();
+        old.into_iter()
+            .filter_map(|(_, ino)| self.entry(ino))
+            .take(want)
+            .collect()
+    }
+
+    fn entry(&self, ino: u64) -> Option<StaleEntry> {
+        let path = self.nodes.get(&ino)?.path.as_deref()?;
+        let below = format!("{path}/");
+        if self
+            .by_path
+            .range(below.clone()..)
+            .next()
+            .is_some_and(|(p, _)| p.starts_with(&below))
+        {
+            return None;
+        }
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        Some(StaleEntry {
+            ino,
+            parent: self.ino_of(parent)?,
+            name: name.to_string(),
+        })
     }
 
     /// Drops a node nobody holds (e.g. made for a readdirplus entry that did not fit).
@@ -280,10 +367,68 @@ impl Inodes {
             }
         }
     }
+}
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.nodes.len()
+/// An entry the kernel may be asked to forget: `name` in the directory `parent`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StaleEntry {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: String,
+}
+
+/// Keeps the mount's inode table within `NODES_MAX` (see the module doc). Made before the
+/// FUSE session takes the filesystem; started with the session's notifier.
+pub struct Trimmer {
+    pub(super) fs: Weak<super::Fs>,
+}
+
+impl Trimmer {
+    /// Starts the trimming thread. It is its own thread, never the FUSE loop or a lock holder:
+    /// the kernel handles a notification while it is written, and may need the loop to answer
+    /// requests (FORGET, a lookup in the same directory) meanwhile. It ends with the mount
+    /// (the filesystem gone, or the kernel refusing notifications).
+    pub fn start(self, notifier: Notifier) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("inode-trim".into())
+            .spawn(move || {
+                // A pause after every look, trim or not: the kernel's FORGETs for a trim come
+                // asynchronously, and entries it cannot drop must not be asked for in a loop.
+                while self.trim_once(&notifier).is_some() {
+                    std::thread::sleep(TRIM_EVERY);
+                }
+            })
+            .map(drop)
+    }
+
+    /// One look at the table: how many entries the kernel was asked to forget, or `None` when
+    /// the mount is gone.
+    fn trim_once(&self, notifier: &Notifier) -> Option<usize> {
+        let fs: Arc<super::Fs> = self.fs.upgrade()?;
+        let victims = {
+            let t = fs.nodes.lock();
+            if t.len() <= NODES_MAX {
+                return Some(0);
+            }
+            t.stale_entries(t.len() - NODES_AFTER_TRIM)
+        };
+        // An open file's entry stays: the kernel would keep its inode anyway.
+        let victims: Vec<StaleEntry> = victims
+            .into_iter()
+            .filter(|e| fs.io_of(e.ino).is_none())
+            .collect();
+        drop(fs);
+        let mut sent = 0;
+        for e in &victims {
+            match notifier.inval_entry(INodeNo(e.parent), OsStr::new(&e.name)) {
+                Ok(()) => sent += 1,
+                Err(err) => {
+                    tracing::debug!(error = %err, "the kernel takes no more notifications");
+                    return None;
+                }
+            }
+        }
+        Some(sent)
     }
 }
 
@@ -391,6 +536,44 @@ mod tests {
             !t.known_absent(ROOT, "a", later),
             "expired listings say nothing"
         );
+    }
+
+    #[test]
+    fn stale_entries_are_the_oldest_leaves() {
+        let mut t = Inodes::new();
+        let d = t.looked_up("d", a(), None);
+        let f = t.looked_up("d/f", a(), None);
+        let g = t.looked_up("g", a(), None);
+        let h = t.looked_up("h", a(), None);
+        t.touch(f);
+        let got = t.stale_entries(2);
+        // `d` is the oldest but holds `d/f`; `f` was used last.
+        assert_eq!(
+            got,
+            vec![
+                StaleEntry {
+                    ino: g,
+                    parent: ROOT,
+                    name: "g".into()
+                },
+                StaleEntry {
+                    ino: h,
+                    parent: ROOT,
+                    name: "h".into()
+                },
+            ]
+        );
+        t.forget(f, 1);
+        assert_eq!(
+            t.stale_entries(1)[0].ino,
+            d,
+            "an emptied directory goes too"
+        );
+        assert_eq!(t.stale_entries(9).len(), 3, "never the root");
+        assert_eq!(t.stale_entries(1)[0].parent, ROOT);
+        let e = t.stale_entries(9);
+        assert!(e.iter().all(|e| e.ino != ROOT));
+        assert!(t.stale_entries(0).is_empty());
     }
 
     #[test]

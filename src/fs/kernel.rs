@@ -28,6 +28,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use super::Fs;
+use super::inodes::Trimmer;
 use super::namespace::Entry;
 use super::open::Undrained;
 use super::readdir::{Listing, dir_attr};
@@ -135,6 +136,14 @@ impl SshFs {
     pub fn write_behind(&self) -> WriteBehind {
         WriteBehind {
             fs: Arc::clone(&self.fs),
+        }
+    }
+
+    /// What keeps this mount's inode table bounded, to be started with the FUSE session's
+    /// notifier once the session (which takes the filesystem) exists.
+    pub fn trimmer(&self) -> Trimmer {
+        Trimmer {
+            fs: Arc::downgrade(&self.fs),
         }
     }
 

@@ -56,6 +56,7 @@ use crate::sftp::{FileAttributes, Sftp};
 use attr::{Creator, Presentation};
 use inodes::{Inodes, child_path};
 
+pub use inodes::Trimmer;
 pub use kernel::{SshFs, WriteBehind, fuse_config};
 pub use open::Undrained;
 

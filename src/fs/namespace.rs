@@ -117,7 +117,8 @@ impl Fs {
 
     pub(super) async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
         let path = {
-            let t = self.nodes.lock();
+            let mut t = self.nodes.lock();
+            t.touch(ino);
             let node = t.get(ino).ok_or(Errno::ENOENT)?;
             if let Some(a) = node.fresh_attrs(Instant::now()) {
                 let a = a.clone();
