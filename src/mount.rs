@@ -128,9 +128,10 @@ pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, Mo
             return Err(fuse_err(explain_mount_error(&e)));
         }
     };
-    trimmer
-        .start(session.notifier())
-        .map_err(|e| fuse_err(e.to_string()))?;
+    if let Err(e) = trimmer.start(session.notifier()) {
+        // The mount works without it; only its inode table is then unbounded.
+        tracing::warn!(mountpoint = %mountpoint.display(), "cannot start the inode trimmer: {e}");
+    }
     let (tx, ended) = watch::channel(false);
     let shown = mountpoint.display().to_string();
     std::thread::Builder::new()
