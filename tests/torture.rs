@@ -1724,7 +1724,23 @@ fn diverged(
         handles = world
             .handles
             .iter()
-            .map(|h| format!("{}{}", h.label(), if h.dirty { "*" } else { "" }))
+            .map(|h| {
+                // Which file each side's descriptor is on, and its size there: a name that
+                // shows another inode than a handle opened by it is told apart from a stale size.
+                let on = |m: std::io::Result<fs::Metadata>| {
+                    m.map_or_else(
+                        |e| e.to_string(),
+                        |m| format!("ino {} size {}", m.ino(), m.len()),
+                    )
+                };
+                format!(
+                    "{}{} (reference {}, mount {})",
+                    h.label(),
+                    if h.dirty { "*" } else { "" },
+                    on(h.reference.metadata()),
+                    on(h.mount.metadata())
+                )
+            })
             .collect::<Vec<_>>()
             .join(" "),
         state = world.state(),
