@@ -107,13 +107,7 @@ impl Handles {
 
     /// Inodes with writes in flight: the server's size for them is behind ours.
     pub fn busy_inodes(&self) -> HashSet<u64> {
-        self.table
-            .lock()
-            .inodes
-            .iter()
-            .filter(|(_, h)| h.io.has_pending())
-            .map(|(ino, _)| *ino)
-            .collect()
+        self.pending().into_iter().map(|(ino, _)| ino).collect()
     }
 
     /// Every inode with queued writes or deferred metadata, and its I/O state.
