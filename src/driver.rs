@@ -125,12 +125,29 @@ pub struct Status {
     /// Named like the option that pins a key explicitly.
     #[serde(rename = "hostkey", skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
+    /// Where known_hosts marks the pinned key `@revoked` ("FILE line N"): it cannot connect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostkey_revoked: Option<String>,
+    /// The jump hosts (`ProxyJump`), first hop first, with their pinned keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jump_hosts: Vec<JumpHostStatus>,
     /// Totals since the plugin started, over every mount of the volume.
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub reconnects: u64,
     /// The plugin's version (`docker-volume-sshfs --version`).
     pub plugin_version: &'static str,
+}
+
+/// A jump host as Status shows it.
+#[derive(Debug, Serialize)]
+pub struct JumpHostStatus {
+    /// `user@host:port`.
+    pub host: String,
+    #[serde(rename = "hostkey", skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostkey_revoked: Option<String>,
 }
 
 /// A volume's state as Status shows it.
@@ -407,6 +424,15 @@ impl Driver {
             tracing::info!(volume = %name, host_key = %fp, "pinned the server's host key");
             rec.host_key = Some(fp);
         }
+        if opts.strict_host_key_checking != StrictHostKeyChecking::No {
+            for (endpoint, fp) in mounted.jump_host_keys() {
+                if !rec.jump_host_keys.contains_key(&endpoint) {
+                    tracing::info!(volume = %name, jump_host = %endpoint, host_key = %fp,
+                        "pinned the jump host's key");
+                    rec.jump_host_keys.insert(endpoint, fp);
+                }
+            }
+        }
         rec.mounts.add(id);
         if let Err(e) = self.store.put(&rec) {
             // A mount nobody counted would never be unmounted: undo it.
@@ -501,14 +527,19 @@ impl Driver {
             last_error: None,
             last_error_at: None,
             host_key: rec.host_key.clone(),
+            hostkey_revoked: None,
+            jump_hosts: Vec::new(),
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
             plugin_version: env!("CARGO_PKG_VERSION"),
         };
-        if let Err(e) = &opts {
-            st.state = VolumeState::Failed;
-            st.last_error = Some(e.to_string());
+        match &opts {
+            Ok(o) => revocations(o, rec, &mut st),
+            Err(e) => {
+                st.state = VolumeState::Failed;
+                st.last_error = Some(e.to_string());
+            }
         }
         let Some(runtime) = self.volumes.lock().get(&rec.name).cloned() else {
             return st;
@@ -559,8 +590,13 @@ impl Driver {
             name: rec.name.clone(),
             source,
         })?;
-        if o.hostkey.is_none() && o.strict_host_key_checking != StrictHostKeyChecking::No {
-            o.hostkey = rec.host_key.clone();
+        if o.strict_host_key_checking != StrictHostKeyChecking::No {
+            if o.hostkey.is_none() {
+                o.hostkey = rec.host_key.clone();
+            }
+            for hop in &mut o.proxy_jump {
+                hop.hostkey = rec.jump_host_keys.get(&hop.endpoint()).cloned();
+            }
         }
         Ok(o)
     }
@@ -714,6 +750,32 @@ impl Driver {
             volumes.remove(name);
         }
     }
+}
+
+/// The jump hosts and their pins for Status, and where known_hosts revokes a pinned key
+/// (read from the local known_hosts file only, like everything Get shows).
+fn revocations(o: &MountOptions, rec: &VolumeRecord, st: &mut Status) {
+    let known_hosts = o
+        .known_hosts_file
+        .clone()
+        .or_else(crate::hostkey::default_known_hosts);
+    let revoked = |host: &str, port: u16, pin: Option<&String>| {
+        let (kh, pin) = (known_hosts.as_ref()?, pin?);
+        crate::hostkey::revoked_pin(kh, host, port, pin)
+    };
+    st.hostkey_revoked = revoked(&o.remote.host, o.port, rec.host_key.as_ref());
+    st.jump_hosts = o
+        .proxy_jump
+        .iter()
+        .map(|hop| {
+            let pin = rec.jump_host_keys.get(&hop.endpoint());
+            JumpHostStatus {
+                host: hop.to_string(),
+                host_key: pin.cloned(),
+                hostkey_revoked: revoked(&hop.host, hop.port, pin),
+            }
+        })
+        .collect();
 }
 
 fn options_of(opts: &BTreeMap<String, String>) -> Result<MountOptions, OptionError> {
