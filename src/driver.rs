@@ -867,6 +867,81 @@ pub fn mount_dir_name(name: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Status shows each jump host with its pin, and a pin known_hosts now marks `@revoked`.
+    #[test]
+    fn status_shows_jump_host_pins_and_revoked_pins() {
+        const K1: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        const K2: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+        let fp = |k: &str| {
+            crate::hostkey::fingerprint(&russh::keys::PublicKey::from_openssh(k).unwrap())
+        };
+        let dir = std::env::temp_dir().join(format!("dvs-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kh = dir.join("known_hosts");
+        std::fs::write(
+            &kh,
+            format!("# revoked\n@revoked [gw]:2222 {K2}\n@revoked * {K1}\n"),
+        )
+        .unwrap();
+        let raw: BTreeMap<String, String> = [
+            ("sshcmd", "files:/srv"),
+            ("ProxyJump", "admin@gw:2222,10.0.0.7"),
+            ("UserKnownHostsFile", kh.to_str().unwrap()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let o = options_of(&raw).unwrap();
+        let mut rec = VolumeRecord::new("v", "v-1".into(), now_rfc3339(), raw);
+        rec.host_key = Some(fp(K1));
+        rec.jump_host_keys.insert("gw:2222".into(), fp(K2));
+        let mut st = Status {
+            remote: String::new(),
+            port: 22,
+            state: VolumeState::Idle,
+            active_mounts: 0,
+            last_error: None,
+            last_error_at: None,
+            host_key: rec.host_key.clone(),
+            hostkey_revoked: None,
+            jump_hosts: Vec::new(),
+            bytes_read: 0,
+            bytes_written: 0,
+            reconnects: 0,
+            plugin_version: "test",
+        };
+        revocations(&o, &rec, &mut st);
+        assert_eq!(st.hostkey_revoked, Some(format!("{} line 3", kh.display())));
+        let shown: Vec<(&str, Option<&str>, Option<&str>)> = st
+            .jump_hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.host.as_str(),
+                    h.host_key.as_deref(),
+                    h.hostkey_revoked.as_deref(),
+                )
+            })
+            .collect();
+        let line2 = format!("{} line 2", kh.display());
+        let gw_pin = fp(K2);
+        assert_eq!(
+            shown[0],
+            ("admin@gw:2222", Some(gw_pin.as_str()), Some(line2.as_str()))
+        );
+        assert_eq!(
+            (shown[1].1, shown[1].2),
+            (None, None),
+            "not pinned yet: {shown:?}"
+        );
+        assert!(shown[1].0.ends_with("@10.0.0.7:22"), "{shown:?}");
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["jump_hosts"][0]["hostkey"], gw_pin.as_str());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn names_are_checked() {
         for ok in ["v", "my-vol_1.x", "ünïcode", "with space", "a@b:c"] {
