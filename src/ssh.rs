@@ -79,7 +79,7 @@ impl client::Handler for Client {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        // A certificate (offered only where known_hosts trusts a CA, see `client_config`) is
+        // A certificate (offered only where known_hosts trusts a CA, see `handshake`) is
         // pinned and shown by the key it certifies.
         let mut seen = self.seen.lock();
         seen.fingerprint = Some(hostkey::fingerprint(&key.public_key()));

@@ -23,13 +23,18 @@ const FAST: &str = "ServerAliveInterval=1,ServerAliveCountMax=2";
 /// A server to jump through: it logs each forwarded connection (LogLevel DEBUG1) and accepts
 /// the target's key, the credentials every hop uses.
 fn jump_host(target: &Sshd) -> Sshd {
+    jump_host_with(target, "AllowTcpForwarding yes")
+}
+
+/// [`jump_host`] with `config` (sshd_config lines) in place of allowing forwarding.
+fn jump_host_with(target: &Sshd, config: &str) -> Sshd {
     let mut b = Sshd::start();
     fs::copy(
         target.dir.path().join("authorized_keys"),
         b.dir.path().join("authorized_keys"),
     )
     .unwrap();
-    b.reconfigure("LogLevel DEBUG1\nAllowTcpForwarding yes");
+    b.reconfigure(&format!("LogLevel DEBUG1\n{config}"));
     b
 }
 
@@ -199,6 +204,74 @@ fn a_jump_hosts_changed_key_is_refused_naming_the_hop() {
         known_hosts.display()
     );
     assert!(failed.stderr.contains(&named), "{named}: {}", failed.stderr);
+}
+
+/// `mount -J HOP ...` expected to fail; its stderr.
+fn jump_failure(target: &Sshd, hop: &str, known_hosts: &Path) -> String {
+    let failed = mount_expect_failure(
+        &[
+            "-p",
+            &target.port.to_string(),
+            "-J",
+            hop,
+            "-o",
+            &format!(
+                "IdentityFile={},UserKnownHostsFile={}",
+                target.key.display(),
+                known_hosts.display()
+            ),
+        ],
+        &target.remote(""),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        !failed.status.success() && !failed.mounted,
+        "{}",
+        failed.stderr
+    );
+    failed.stderr
+}
+
+#[test]
+fn a_hop_that_refuses_the_login_or_the_forwarding_is_named() {
+    let target = Sshd::start();
+    let kh_dir = TempDir::new("jump-kh");
+    let known_hosts = kh_dir.path().join("known_hosts");
+
+    // A jump host that does not know the volume's key.
+    let stranger = Sshd::start();
+    let e = jump_failure(&target, &hop(&stranger), &known_hosts);
+    let named = format!(
+        "jump host {}: authentication failed for user 'root' on 127.0.0.1: the server rejected \
+         the key(s) {}",
+        hop(&stranger),
+        target.key.display()
+    );
+    assert!(e.contains(&named), "{named}: {e}");
+
+    // One that forbids forwarding.
+    let closed = jump_host_with(&target, "AllowTcpForwarding no");
+    let e = jump_failure(&target, &hop(&closed), &known_hosts);
+    let named = format!(
+        "jump host {}: cannot open a connection from it to 127.0.0.1:{}: the jump host refused",
+        hop(&closed),
+        target.port
+    );
+    assert!(
+        e.contains(&named) && e.contains("AllowTcpForwarding"),
+        "{named}: {e}"
+    );
+
+    // Nothing listening where the hop should be: the hop and proxyjump are named.
+    let port = free_port();
+    let e = jump_failure(&target, &format!("root@127.0.0.1:{port}"), &known_hosts);
+    assert!(
+        e.contains(&format!(
+            "jump host root@127.0.0.1:{port}: cannot connect to 127.0.0.1:{port}"
+        )) && e.contains("hop 1 in proxyjump"),
+        "{e}"
+    );
 }
 
 #[test]

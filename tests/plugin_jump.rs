@@ -45,12 +45,15 @@ impl JumpHost {
         let name = ctx.unique("jumphost");
         let dir = std::env::temp_dir().join(&name);
         fs::create_dir_all(dir.join("hostkeys")).unwrap();
-        let common =
-            fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sshd/sshd_config.common"))
-                .unwrap();
+        let common = fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sshd/sshd_config.common"
+        ))
+        .unwrap();
+        // First: in sshd_config the first value of a keyword wins.
         fs::write(
             dir.join("sshd_config"),
-            format!("{common}\nLogLevel DEBUG1\nAllowTcpForwarding yes\n"),
+            format!("LogLevel DEBUG1\nAllowTcpForwarding yes\n{common}"),
         )
         .unwrap();
         let j = JumpHost {
@@ -77,7 +80,10 @@ impl JumpHost {
             "-v".into(),
             format!("{}:/etc/ssh/hostkeys", dir.join("hostkeys").display()),
             "-v".into(),
-            format!("{}:/etc/ssh/sshd_config:ro", dir.join("sshd_config").display()),
+            format!(
+                "{}:/etc/ssh/sshd_config:ro",
+                dir.join("sshd_config").display()
+            ),
             env("SSHFS_TEST_SSHD_IMAGE"),
         ])
         .ok("starting the jump host container");
@@ -94,7 +100,12 @@ impl JumpHost {
                 s.read_exact(&mut b).is_ok() && b.starts_with(b"SSH-2.0")
             })
         });
-        assert!(ok, "the jump host did not answer on port {}: {}", self.port, self.log());
+        assert!(
+            ok,
+            "the jump host did not answer on port {}: {}",
+            self.port,
+            self.log()
+        );
     }
 
     fn hop(&self) -> String {
@@ -191,7 +202,10 @@ fn plugin_mounts_through_a_jump_host_that_restarts_and_refuses_its_changed_key()
                 .iter()
                 .any(|p| sockets::descends_from(*p, jump_pid))
     });
-    assert!(from_jump_host, "a connection to the target belongs to the jump host");
+    assert!(
+        from_jump_host,
+        "a connection to the target belongs to the jump host"
+    );
     let plugin = plugin_pid(&ctx.plugin_id()).expect("the plugin's process");
     assert!(
         sockets::peer_ports(plugin).contains(&jump.port),
@@ -200,8 +214,15 @@ fn plugin_mounts_through_a_jump_host_that_restarts_and_refuses_its_changed_key()
 
     // Status names the hop and its pinned key.
     let status = &inspect(vol.as_str())["Status"];
-    assert_eq!(status["jump_hosts"][0]["host"], jump.hop().as_str(), "{status}");
-    let pin = status["jump_hosts"][0]["hostkey"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        status["jump_hosts"][0]["host"],
+        jump.hop().as_str(),
+        "{status}"
+    );
+    let pin = status["jump_hosts"][0]["hostkey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(pin.starts_with("SHA256:"), "{status}");
 
     // The jump host dies and comes back: the writer carries on, losing no line.
@@ -216,7 +237,11 @@ fn plugin_mounts_through_a_jump_host_that_restarts_and_refuses_its_changed_key()
         inspect(vol.as_str())["Status"]
     );
     let running = docker(&["inspect", "-f", "{{.State.Running}}", writer.name.as_str()]);
-    assert_eq!(running.stdout.trim(), "true", "the writer never saw an error");
+    assert_eq!(
+        running.stdout.trim(),
+        "true",
+        "the writer never saw an error"
+    );
     let got = lines(&log);
     let expected: Vec<String> = (0..got.len()).map(|i| format!("line {i}")).collect();
     assert_eq!(got, expected, "every line once, in order");
