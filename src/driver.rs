@@ -426,10 +426,12 @@ impl Driver {
         }
         if opts.strict_host_key_checking != StrictHostKeyChecking::No {
             for (endpoint, fp) in mounted.jump_host_keys() {
-                if !rec.jump_host_keys.contains_key(&endpoint) {
-                    tracing::info!(volume = %name, jump_host = %endpoint, host_key = %fp,
+                if let std::collections::btree_map::Entry::Vacant(pin) =
+                    rec.jump_host_keys.entry(endpoint)
+                {
+                    tracing::info!(volume = %name, jump_host = %pin.key(), host_key = %fp,
                         "pinned the jump host's key");
-                    rec.jump_host_keys.insert(endpoint, fp);
+                    pin.insert(fp);
                 }
             }
         }

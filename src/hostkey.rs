@@ -291,7 +291,7 @@ fn validate_host_certificate(cert: &Certificate, host: &str, now: u64) -> Result
     }
     let principals = cert.valid_principals();
     let host = host.to_ascii_lowercase();
-    if !principals.is_empty() && !principals.iter().any(|p| *p == host) {
+    if !principals.is_empty() && !principals.contains(&host) {
         return Err(format!(
             "is valid for {}, not for {host}: connect by one of those names or sign the key \
              with -n {host}",
