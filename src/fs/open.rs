@@ -248,6 +248,9 @@ impl Fs {
         let append = sflags.contains(OpenFlags::APPEND);
         let size_hint = {
             let mut t = self.nodes.lock();
+            if truncate {
+                t.changed_locally(ino);
+            }
             let node = t.get_mut(ino);
             match node {
                 Some(n) if truncate => {
@@ -423,7 +426,8 @@ impl Fs {
         let len = data.len() as u64;
         match of.write(&self.rt, &self.handles.budget, offset, data).await {
             Ok(at) => {
-                if let Some(n) = self.nodes.lock().get_mut(ino) {
+                let mut t = self.nodes.lock();
+                if let Some(n) = t.get_mut(ino) {
                     // What the write does to the attributes is known: size and mtime are
                     // updated here, so a stat right after (tar does one per file) is
                     // answered without waiting for the write to land and asking the server.
@@ -434,6 +438,7 @@ impl Fs {
                         }
                         None => n.stale(),
                     }
+                    t.changed_locally(ino);
                 }
                 Ok(len as u32)
             }

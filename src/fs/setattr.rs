@@ -336,10 +336,12 @@ impl Fs {
 
     /// Records attributes we changed (fresh, and ctime moved).
     fn changed_attrs(&self, ino: u64, a: &FileAttributes) {
-        if let Some(n) = self.nodes.lock().get_mut(ino) {
+        let mut t = self.nodes.lock();
+        if let Some(n) = t.get_mut(ino) {
             n.attrs = Some(a.clone());
             n.fresh_until = self.fresh_until();
             n.ctime_floor = Some(SystemTime::now());
+            t.changed_locally(ino);
         }
     }
 }
