@@ -866,9 +866,8 @@ impl World {
             access,
             create,
             exclusive: create && rng.percent(10),
-            // O_RDONLY|O_TRUNC is left out: Linux truncates, and the mount (which gets the
-            // open with FUSE_ATOMIC_O_TRUNC) only truncates for writers; see the report.
-            truncate: access != Access::Read && rng.percent(15),
+            // O_RDONLY|O_TRUNC included: Linux truncates then too.
+            truncate: rng.percent(15),
             append: settings.enabled(Kind::Append) && rng.percent(25),
         }
     }

@@ -212,7 +212,9 @@ impl Fs {
         if flags & libc::O_APPEND != 0 {
             f |= OpenFlags::APPEND;
         }
-        if flags & libc::O_TRUNC != 0 && f.contains(OpenFlags::WRITE) {
+        // Also for O_RDONLY: Linux truncates then too (the open is checked for write access),
+        // and so does the server's open(2) that sftp-server makes of it.
+        if flags & libc::O_TRUNC != 0 {
             f |= OpenFlags::TRUNCATE;
         }
         f
