@@ -664,9 +664,9 @@ impl Driver {
             };
             drop(mounted);
             tracing::warn!(volume = %name, "the mount ended unexpectedly");
-            let result = match taken.map(Arc::try_unwrap) {
-                Some(Ok(m)) => m.unmount().await,
-                _ => mount::lazy_unmount(&mp),
+            let result = match taken {
+                Some(m) => unmount_mounted(m, UNMOUNT_WAIT).await,
+                None => mount::lazy_unmount(&mp),
             };
             if let Err(e) = result {
                 tracing::debug!(volume = %name, "cleanup after the mount ended: {e}");
