@@ -446,12 +446,19 @@ impl Inodes {
     }
 
     /// Keeps a directory's cached listing (if any) in step with a change we made: a name
-    /// appeared or disappeared. Also marks the directory's own attributes (mtime) stale.
+    /// appeared or disappeared. The directory's mtime moves to now, as the server's does, and
+    /// its attributes stay as fresh as they were: marking them stale cost a round trip per
+    /// file unpacked, since the kernel looks the directory up again for every `mkdir -p` of
+    /// it (busybox `tar` does one per entry; an exclusive lookup always reaches us).
     pub fn dir_changed(&mut self, dir_path: &str, added: Option<&str>, removed: Option<&str>) {
-        let Some(node) = self.node_at(dir_path) else {
+        let Some(ino) = self.ino_of(dir_path) else {
             return;
         };
-        node.stale();
+        self.changed_locally(ino);
+        let node = self.nodes.get_mut(&ino).expect("indexed by path");
+        if let Some(a) = node.attrs.as_mut() {
+            a.mtime = Some(super::attr::to_secs(SystemTime::now()));
+        }
         if let Some((names, _)) = node.listing.as_mut() {
             if let Some(r) = removed {
                 names.remove(r);
