@@ -3,6 +3,9 @@
 # Docker engines (the host's engine is never touched: it is shared and never joins a swarm).
 #
 #   tests/swarm/multinode.sh          (tests/run.sh runs it after the Rust suites)
+#   SSHFS_SWARM_KEEP=1 tests/swarm/multinode.sh   leave the engines running afterwards (to look:
+#                                     docker -H unix:///run/sshfs-swarm/m/docker.sock ...)
+#   tests/swarm/multinode.sh down     tear such a kept swarm down
 #
 # Each engine has its own data root, exec root, pidfile, socket, containerd and network namespace:
 #   manager  netns $P-m, address $NET.1   worker  netns $P-w, address $NET.2   ($P=sshfs-swarm)
@@ -148,6 +151,10 @@ teardown() {
     for node in w m; do
         ip netns del "$P-$node" 2>/dev/null || true
     done
+    # The engines' --cgroup-parent directories (rmdir: only empty ones go).
+    for mp in /sys/fs/cgroup/"$P"-[mw] /sys/fs/cgroup/*/"$P"-[mw]; do
+        if [[ -d $mp ]]; then find "$mp" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
+    done
     # --one-file-system: never descend into a mount that survived the unmounting above.
     rm -rf --one-file-system "$DATA" "$RUN"
 }
@@ -169,7 +176,7 @@ on_exit() {
         done
     fi
     if [[ ${SSHFS_SWARM_KEEP:-0} == 1 ]]; then
-        log "SSHFS_SWARM_KEEP=1: leaving the engines running (docker -H unix://$RUN/m/docker.sock ...)"
+        log "SSHFS_SWARM_KEEP=1: leaving the engines running (docker -H unix://$RUN/m/docker.sock ...; tests/swarm/multinode.sh down)"
     else
         teardown
         log "torn down"
@@ -177,6 +184,12 @@ on_exit() {
     exit "$rc"
 }
 
+if [[ ${1:-} == down ]]; then
+    teardown
+    log "torn down"
+    exit 0
+fi
+[[ $# == 0 ]] || die "usage: tests/swarm/multinode.sh [down]"
 log "removing leftovers of an earlier run"
 teardown
 trap on_exit EXIT
