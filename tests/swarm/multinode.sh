@@ -288,6 +288,8 @@ wait_for 30 "the test SSH server answering on $M_ADDR:$SSHD_PORT (from the worke
 # The plugin: pushed by the manager, installed on both nodes from the registry
 
 log "pushing $PUSH_REF"
+# Through the manager's engine: the registry is reachable only inside the namespaces (a push
+# helper using the docker CLI works the same with DOCKER_HOST=unix://$RUN/m/docker.sock).
 dk m plugin create "$PUSH_REF" plugin/ >/dev/null
 dk m plugin push "$PUSH_REF" >/dev/null
 dk m plugin rm -f "$PUSH_REF" >/dev/null
