@@ -16,4 +16,6 @@ pub mod protocol;
 pub mod secret;
 pub mod sftp;
 pub mod ssh;
+pub mod ssh_auth;
+pub mod ssh_config;
 pub mod state;
