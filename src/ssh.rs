@@ -317,7 +317,7 @@ async fn authenticate(
             format!(" (and the key(s) {} were not accepted)", tried.join(", "))
         };
         return Err(auth_err(format!(
-            "the server rejected the password{what}. Check the password option and the user name{notes}"
+            "the server rejected the password{what}. Check the password option and the user name"
         )));
     }
 
