@@ -6,6 +6,7 @@
 //! -> `sftp` (remote calls) -> `ssh` (the connection) -> `hostkey` (which keys to trust).
 //! `options` is shared by the plugin and the command line; `secret` keeps passwords out of logs.
 
+pub mod agent_mount;
 pub mod cmd;
 pub mod driver;
 pub mod fs;

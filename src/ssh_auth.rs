@@ -352,8 +352,7 @@ async fn connect_agent(
         },
         IdentityAgent::Path(p) => (sockets_at(p), format!("IdentityAgent {}", p.display())),
         IdentityAgent::PluginMount => {
-            let p = Path::new(PLUGIN_AGENT_MOUNT);
-            let found = sockets_at(p);
+            let found = sockets_at(&crate::agent_mount::path());
             if found.is_empty() {
                 att.notes.push(format!(
                     "no ssh-agent: the plugin's sshagent mount ({PLUGIN_AGENT_MOUNT}) holds no \
