@@ -518,7 +518,7 @@ pub fn parse(
                 v,
                 "a path to a certificate (KEY-cert.pub)",
             )?)),
-            "IdentitiesOnly" => o.identities_only = yes_no(key, v)?,
+            "IdentitiesOnly" => o.identities_only = flag(key, v)?,
             "IdentityAgent" => {
                 let val = need(key, v, "a socket path, SSH_AUTH_SOCK or none")?;
                 o.identity_agent = if val.eq_ignore_ascii_case("none") {

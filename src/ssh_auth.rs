@@ -459,3 +459,43 @@ fn short_key_error(e: &russh::keys::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn companion_file_names() {
+        assert_eq!(pub_path(Path::new("/k/id")), PathBuf::from("/k/id.pub"));
+        assert_eq!(
+            cert_path(Path::new("/k/id")),
+            PathBuf::from("/k/id-cert.pub")
+        );
+    }
+
+    #[test]
+    fn agent_sockets_in_a_directory_or_itself() {
+        let dir = std::env::temp_dir().join(format!("dvs-socks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(sockets_at(&dir).is_empty(), "an empty directory holds none");
+        std::fs::write(dir.join("not-a-socket"), "").unwrap();
+        let old = std::os::unix::net::UnixListener::bind(dir.join("old.sock")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let new = std::os::unix::net::UnixListener::bind(dir.join("new.sock")).unwrap();
+        assert_eq!(
+            sockets_at(&dir),
+            vec![dir.join("new.sock"), dir.join("old.sock")],
+            "newest first, files that are no sockets left out"
+        );
+        assert_eq!(
+            sockets_at(&dir.join("old.sock")),
+            vec![dir.join("old.sock")]
+        );
+        assert!(sockets_at(&dir.join("not-a-socket")).is_empty());
+        assert!(sockets_at(Path::new("/dev/null")).is_empty());
+        assert!(sockets_at(&dir.join("missing")).is_empty());
+        drop((old, new));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

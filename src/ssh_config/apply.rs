@@ -100,7 +100,8 @@ pub fn effective_in(
         home: home.clone(),
     };
     let cfg = super::resolve(&file, &query)?;
-    let given = |name: &str| parsed.given.contains(name);
+    // Case-insensitive: option names are (`proxyjump` and `ProxyJump` are one option).
+    let given = |name: &str| parsed.given.iter().any(|g| g.eq_ignore_ascii_case(name));
     let mut res = Resolution {
         file: Some(file),
         matched: cfg.matched.clone(),
