@@ -6,6 +6,7 @@
 //! -> `sftp` (remote calls) -> `ssh` (the connection) -> `hostkey` (which keys to trust).
 //! `options` is shared by the plugin and the command line; `secret` keeps passwords out of logs.
 
+pub mod agent_mount;
 pub mod cmd;
 pub mod driver;
 pub mod fs;
@@ -16,4 +17,6 @@ pub mod protocol;
 pub mod secret;
 pub mod sftp;
 pub mod ssh;
+pub mod ssh_auth;
+pub mod ssh_config;
 pub mod state;
