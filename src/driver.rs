@@ -60,6 +60,11 @@ pub enum DriverError {
     NotFound(String),
     #[error("volume '{name}': {source}")]
     Options { name: String, source: OptionError },
+    #[error("volume '{name}': {source}")]
+    SshConfig {
+        name: String,
+        source: crate::ssh_config::ConfigError,
+    },
     #[error(
         "volume '{name}': password_stdin works only with the mount command; use -o password=... \
          or -o password_file=/root/.ssh/FILE (a file in the plugin's sshkey mount)"
@@ -115,7 +120,16 @@ pub struct VolumeInfo {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub remote: String,
+    /// The effective host, port and user (after the ssh_config file, if one applies).
+    pub host: String,
     pub port: u16,
+    pub user: String,
+    /// The ssh_config file read for this volume, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_config: Option<String>,
+    /// Its Host/Match lines that applied (`FILE:LINE: Host alias`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ssh_config_matched: Vec<String>,
     pub state: VolumeState,
     pub active_mounts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -516,14 +530,35 @@ impl Driver {
     }
 
     fn status(&self, rec: &VolumeRecord) -> Status {
-        let opts = options_of(&rec.public_options());
-        let (remote, port) = match &opts {
-            Ok(o) => (remote_string(o), o.port),
-            Err(_) => ("(stored options no longer valid)".to_string(), 0),
+        let opts = resolved_options_of(&rec.public_options());
+        let (remote, port, host, user) = match &opts {
+            Ok((o, _)) => (
+                remote_string(o),
+                o.port,
+                o.remote.host.clone(),
+                o.remote.login("root"),
+            ),
+            Err(_) => (
+                "(options not usable, see last_error)".to_string(),
+                0,
+                String::new(),
+                String::new(),
+            ),
+        };
+        let (ssh_config, ssh_config_matched) = match &opts {
+            Ok((_, r)) => (
+                r.file.as_ref().map(|f| f.display().to_string()),
+                r.matched.iter().map(|m| m.to_string()).collect(),
+            ),
+            Err(_) => (None, Vec::new()),
         };
         let mut st = Status {
             remote,
+            host,
             port,
+            user,
+            ssh_config,
+            ssh_config_matched,
             state: VolumeState::Idle,
             active_mounts: rec.mounts.total(),
             last_error: None,
@@ -537,7 +572,7 @@ impl Driver {
             plugin_version: env!("CARGO_PKG_VERSION"),
         };
         match &opts {
-            Ok(o) => revocations(o, rec, &mut st),
+            Ok((o, _)) => revocations(o, rec, &mut st),
             Err(e) => {
                 st.state = VolumeState::Failed;
                 st.last_error = Some(e.to_string());
@@ -588,10 +623,23 @@ impl Driver {
     /// key (accept-new: the first key seen is the only one accepted afterwards).
     fn effective_options(&self, rec: &VolumeRecord) -> Result<MountOptions, DriverError> {
         let all = self.store.options_with_secrets(rec)?;
-        let mut o = options_of(&all).map_err(|source| DriverError::Options {
-            name: rec.name.clone(),
-            source,
-        })?;
+        let parsed = options::parse(&options::from_docker_opts(&all), None, Context::Plugin)
+            .map_err(|source| DriverError::Options {
+                name: rec.name.clone(),
+                source,
+            })?;
+        let (mut o, res) =
+            crate::ssh_config::apply::effective(&parsed, Context::Plugin).map_err(|source| {
+                DriverError::SshConfig {
+                    name: rec.name.clone(),
+                    source,
+                }
+            })?;
+        if let Some(f) = &res.file {
+            let matched: Vec<String> = res.matched.iter().map(|m| m.to_string()).collect();
+            tracing::info!(volume = %rec.name, ssh_config = %f.display(), matched = ?matched,
+                host = %o.remote.host, port = o.port, "ssh_config applied");
+        }
         if o.strict_host_key_checking != StrictHostKeyChecking::No {
             if o.hostkey.is_none() {
                 o.hostkey = rec.host_key.clone();
@@ -702,9 +750,9 @@ impl Driver {
             };
             drop(mounted);
             tracing::warn!(volume = %name, "the mount ended unexpectedly");
-            let result = match taken.map(Arc::try_unwrap) {
-                Some(Ok(m)) => m.unmount().await,
-                _ => mount::lazy_unmount(&mp),
+            let result = match taken {
+                Some(m) => unmount_mounted(m, UNMOUNT_WAIT).await,
+                None => mount::lazy_unmount(&mp),
             };
             if let Err(e) = result {
                 tracing::debug!(volume = %name, "cleanup after the mount ended: {e}");
@@ -779,9 +827,14 @@ fn revocations(o: &MountOptions, rec: &VolumeRecord, st: &mut Status) {
         })
         .collect();
 }
-
-fn options_of(opts: &BTreeMap<String, String>) -> Result<MountOptions, OptionError> {
-    options::parse(&options::from_docker_opts(opts), None, Context::Plugin).map(|p| p.options)
+/// The options completed by the ssh_config file, as a Mount would use them (for Status; the
+/// error is the message to show).
+fn resolved_options_of(
+    opts: &BTreeMap<String, String>,
+) -> Result<(MountOptions, crate::ssh_config::apply::Resolution), String> {
+    let parsed = options::parse(&options::from_docker_opts(opts), None, Context::Plugin)
+        .map_err(|e| e.to_string())?;
+    crate::ssh_config::apply::effective(&parsed, Context::Plugin).map_err(|e| e.to_string())
 }
 
 /// Unmounts a mount taken out of its volume's state, waiting up to `wait` for a busy mount.
@@ -895,13 +948,19 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let o = options_of(&raw).unwrap();
+        let o = options::parse(&options::from_docker_opts(&raw), None, Context::Plugin)
+            .unwrap()
+            .options;
         let mut rec = VolumeRecord::new("v", "v-1".into(), now_rfc3339(), raw);
         rec.host_key = Some(fp(K1));
         rec.jump_host_keys.insert("gw:2222".into(), fp(K2));
         let mut st = Status {
             remote: String::new(),
+            host: String::new(),
             port: 22,
+            user: String::new(),
+            ssh_config: None,
+            ssh_config_matched: Vec::new(),
             state: VolumeState::Idle,
             active_mounts: 0,
             last_error: None,

@@ -7,6 +7,7 @@
 //! (which keys to trust, from pins and `known_hosts`).
 //! `options` is shared by the plugin and the command line; `secret` keeps passwords out of logs.
 
+pub mod agent_mount;
 pub mod cmd;
 pub mod driver;
 pub mod fs;
@@ -19,4 +20,6 @@ pub mod protocol;
 pub mod secret;
 pub mod sftp;
 pub mod ssh;
+pub mod ssh_auth;
+pub mod ssh_config;
 pub mod state;

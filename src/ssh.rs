@@ -6,13 +6,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use russh::client::{self, Handle};
-use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::PublicKeyOrCertificate;
 use russh::{MethodSet, cipher, compression};
 use russh_sftp::client::RawSftpSession;
 
@@ -349,48 +349,14 @@ async fn authenticate(
         (None, None) => None,
     };
 
-    let explicit = !opts.identity_files.is_empty();
-    let key_files: Vec<PathBuf> = if explicit {
-        opts.identity_files.clone()
-    } else {
-        default_key_files()
+    // Agent, certificates and key files: ssh_auth.rs.
+    let keys = match crate::ssh_auth::try_keys(handle, opts, user).await? {
+        crate::ssh_auth::KeyOutcome::Accepted => return Ok(()),
+        crate::ssh_auth::KeyOutcome::NotAccepted(a) => a,
     };
-    let mut tried = Vec::new();
-    let mut methods: Option<MethodSet> = None;
-    for path in &key_files {
-        let key = match russh::keys::load_secret_key(
-            path,
-            opts.passphrase.as_ref().map(Secret::expose),
-        ) {
-            Ok(k) => k,
-            Err(e) => {
-                if explicit {
-                    return Err(key_error(path, &e, opts.passphrase.is_some()));
-                }
-                tracing::debug!(key = %path.display(), error = %e, "skipping default key");
-                continue;
-            }
-        };
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(|e| ConnectError::Protocol(e.to_string()))?
-            .flatten();
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-        let res = handle
-            .authenticate_publickey(user, key)
-            .await
-            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
-        match res {
-            russh::client::AuthResult::Success => return Ok(()),
-            russh::client::AuthResult::Failure {
-                remaining_methods, ..
-            } => {
-                tried.push(path.display().to_string());
-                methods = Some(remaining_methods);
-            }
-        }
-    }
+    let notes = keys.notes_suffix();
+    let tried = keys.tried;
+    let mut methods = keys.methods;
 
     if let Some(pw) = &password {
         let res = handle
@@ -430,13 +396,13 @@ async fn authenticate(
         }
         return Err(auth_err(format!(
             "no password or key given (the server accepts: {}). Add -o password=..., \
-             -o password_file=... or -o IdentityFile=/path/to/key",
+             -o password_file=... or -o IdentityFile=/path/to/key{notes}",
             describe(methods)
         )));
     }
     Err(auth_err(format!(
         "the server rejected the key(s) {} (it accepts: {}). Add the public key to the user's \
-         authorized_keys, or give -o password=...",
+         authorized_keys, or give -o password=...{notes}",
         tried.join(", "),
         describe(methods)
     )))
@@ -535,7 +501,11 @@ fn describe(methods: Option<MethodSet>) -> String {
     }
 }
 
-fn key_error(path: &Path, e: &russh::keys::Error, have_passphrase: bool) -> ConnectError {
+pub(crate) fn key_error(
+    path: &Path,
+    e: &russh::keys::Error,
+    have_passphrase: bool,
+) -> ConnectError {
     let reason = match e {
         russh::keys::Error::KeyIsEncrypted => {
             "the key is encrypted: give its passphrase with -o passphrase=...".to_string()
@@ -552,18 +522,6 @@ fn key_error(path: &Path, e: &russh::keys::Error, have_passphrase: bool) -> Conn
         path: path.display().to_string(),
         reason,
     }
-}
-
-fn default_key_files() -> Vec<PathBuf> {
-    let Some(home) = std::env::var_os("HOME") else {
-        return Vec::new();
-    };
-    let ssh = Path::new(&home).join(".ssh");
-    ["id_ed25519", "id_ecdsa", "id_rsa"]
-        .iter()
-        .map(|n| ssh.join(n))
-        .filter(|p| p.exists())
-        .collect()
 }
 
 fn read_password_file(path: &Path) -> Result<Secret, ConnectError> {

@@ -297,7 +297,7 @@ impl Sftp {
             let f = &f;
             async move {
                 let channel = conn.channel().await?;
-                f(channel.clone()).await.inspect_err(|e| channel.saw(e))
+                channel.guard(f(channel.clone())).await
             }
         })
         .await

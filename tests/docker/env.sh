@@ -25,3 +25,11 @@ export SSHFS_TEST_SSHD_IMAGE=${SSHFS_TEST_SSHD_IMAGE:-sshfs-test/sshd:latest}
 # docker-compose project and container name of the test SSH server.
 export SSHFS_TEST_PROJECT=${SSHFS_TEST_PROJECT:-sshfs-test}
 export SSHFS_TEST_SSHD_CONTAINER=${SSHFS_TEST_SSHD_CONTAINER:-sshfs-test-sshd}
+# The multi-node swarm test (tests/swarm/multinode.sh): names of its network namespaces and veths
+# (PREFIX-m, PREFIX-w; at most 12 characters) and of its directories (/var/lib/PREFIX,
+# /run/PREFIX); the /24 of the veth pair (manager .1, worker .2); the ports of its registry and
+# test SSH server, inside the manager's namespace (so they never clash with the host's).
+export SSHFS_SWARM_PREFIX=${SSHFS_SWARM_PREFIX:-sshfs-swarm}
+export SSHFS_SWARM_NET=${SSHFS_SWARM_NET:-10.99.0}
+export SSHFS_SWARM_REGISTRY_PORT=${SSHFS_SWARM_REGISTRY_PORT:-5002}
+export SSHFS_SWARM_SSHD_PORT=${SSHFS_SWARM_SSHD_PORT:-2450}
