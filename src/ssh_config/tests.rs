@@ -444,6 +444,11 @@ fn proxy_jump_from_the_file_becomes_the_hops() {
     assert!(o.proxy_jump.is_empty(), "other hosts go direct");
 
     let h = Home::new("Host a\n  ProxyJump bastion:99999\n");
-    let e = effective(&h, &[("sshcmd", "a:/x")]).unwrap_err().to_string();
-    assert!(e.contains(":2") && e.contains("ProxyJump hop 1 'bastion:99999'"), "{e}");
+    let e = effective(&h, &[("sshcmd", "a:/x")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2") && e.contains("ProxyJump hop 1 'bastion:99999'"),
+        "{e}"
+    );
 }
