@@ -202,6 +202,9 @@ pub struct MountOptions {
     /// (as ssh does).
     #[serde(default)]
     pub config_identity_files: Vec<PathBuf>,
+    /// `ProxyJump`: the jump hosts to connect through, first hop first (see `jump`).
+    #[serde(default)]
+    pub proxy_jump: Vec<crate::jump::JumpHost>,
 }
 
 fn default_agent() -> IdentityAgent {
@@ -261,6 +264,7 @@ const HONOURED: &[&str] = &[
     "StrictHostKeyChecking",
     "UserKnownHostsFile",
     "hostkey",
+    "ProxyJump",
     "ConnectTimeout",
     "reconnect_timeout",
     "follow_symlinks",
@@ -399,6 +403,7 @@ pub fn parse(
         connect_timeout: Duration::from_secs(15),
         strict_chown: false,
         learn_host_keys: false,
+        proxy_jump: Vec::new(),
         ssh_config: SshConfigFile::Default,
         certificate_files: Vec::new(),
         identities_only: false,
@@ -486,6 +491,16 @@ pub fn parse(
                     ));
                 }
                 o.hostkey = Some(val.to_string());
+            }
+            "ProxyJump" => {
+                let val = need(key, v, crate::jump::EXPECTED)?;
+                o.proxy_jump = crate::jump::parse_list(val).map_err(|why| {
+                    bad_value(
+                        key,
+                        val,
+                        &format!("{why}; expected {}", crate::jump::EXPECTED),
+                    )
+                })?;
             }
             "ConnectTimeout" => o.connect_timeout = TIMEOUT.seconds(key, v)?,
             "reconnect_timeout" => o.reconnect_timeout = TIMEOUT.seconds(key, v)?,
@@ -861,6 +876,27 @@ mod tests {
         assert!(e.contains("uid") && e.contains("4294967294"), "{e}");
         assert!(one("gid", "-1").is_err());
         assert!(one("umask", "1000").is_err());
+    }
+
+    #[test]
+    fn proxy_jump_in_either_spelling() {
+        for name in ["proxyjump", "ProxyJump"] {
+            let o = plugin(&[("sshcmd", "h:/x"), (name, "admin@gw:2222,[::1]")]).unwrap();
+            let hops: Vec<String> = o.proxy_jump.iter().map(|h| h.endpoint()).collect();
+            assert_eq!(hops, ["gw:2222", "[::1]:22"]);
+            assert_eq!(o.proxy_jump[0].user.as_deref(), Some("admin"));
+        }
+        let e = plugin(&[("sshcmd", "h:/x"), ("proxyjump", "gw:99999")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ProxyJump") && e.contains("hop 1 'gw:99999'") && e.contains("1 to 65535"),
+            "{e}"
+        );
+        let e = plugin(&[("sshcmd", "h:/x"), ("proxyjump", "")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[user@]host[:port]"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub enum ConnectError {
     RemotePath { path: String, reason: String },
     #[error("SSH protocol error: {0}")]
     Protocol(String),
+    /// A jump host (`proxyjump`) failed: names the hop, then what went wrong there.
+    #[error("jump host {hop}: {detail}")]
+    Jump { hop: String, detail: String },
 }
 
 /// Window and packet sizes: throughput over a long link is bounded by window / RTT, so the
@@ -58,7 +61,7 @@ const MAX_PACKET: u32 = 65535;
 const READ_BUFFER: usize = 256 * 1024;
 
 /// The russh client handler: checks the host key and remembers what it saw.
-struct Client {
+pub(crate) struct Client {
     policy: hostkey::Policy,
     seen: Arc<Mutex<HostKeySeen>>,
 }
@@ -76,12 +79,10 @@ impl client::Handler for Client {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        // We advertise no certificate algorithms, so a server never sends one.
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            return Ok(false);
-        };
+        // A certificate (offered only where known_hosts trusts a CA, see `handshake`) is
+        // pinned and shown by the key it certifies.
         let mut seen = self.seen.lock();
-        seen.fingerprint = Some(hostkey::fingerprint(key));
+        seen.fingerprint = Some(hostkey::fingerprint(&key.public_key()));
         match hostkey::check(&self.policy, key) {
             Verdict::Known | Verdict::New => Ok(true),
             Verdict::Refused(msg) => {
@@ -94,8 +95,11 @@ impl client::Handler for Client {
 
 /// An authenticated SSH connection.
 pub struct Connection {
-    handle: Handle<Client>,
+    pub(crate) handle: Handle<Client>,
     fingerprint: String,
+    /// The jump hosts this connection runs through, first hop first (see `jump`): kept open
+    /// as long as it is.
+    pub(crate) via: Vec<crate::jump::Hop>,
 }
 
 impl Connection {
@@ -104,9 +108,18 @@ impl Connection {
         &self.fingerprint
     }
 
-    /// True once the transport is gone (server closed it, keepalives unanswered, ...).
+    /// `(host:port, SHA256 fingerprint)` of each jump host's key, first hop first.
+    pub fn jump_host_keys(&self) -> Vec<(String, String)> {
+        self.via
+            .iter()
+            .map(|h| (h.host.endpoint(), h.conn.fingerprint.clone()))
+            .collect()
+    }
+
+    /// True once the transport is gone (server closed it, keepalives unanswered, a jump host
+    /// dropped, ...).
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.handle.is_closed() || self.via.iter().any(|h| h.conn.is_closed())
     }
 
     /// Opens a channel running the `sftp` subsystem and completes the SFTP handshake.
@@ -140,26 +153,52 @@ impl Connection {
             .handle
             .disconnect(russh::Disconnect::ByApplication, "unmounted", "en")
             .await;
+        for hop in self.via.iter().rev() {
+            Box::pin(hop.conn.disconnect()).await;
+        }
     }
 }
 
-/// Connects and authenticates, within `connect_timeout`. The host key must pass the policy
-/// built from the options (`hostkey`, known_hosts, `StrictHostKeyChecking`).
+/// Connects and authenticates, within `connect_timeout` (per hop, through jump hosts). The
+/// host key must pass the policy built from the options (`hostkey`, known_hosts,
+/// `StrictHostKeyChecking`).
 pub async fn connect(opts: &MountOptions) -> Result<Connection, ConnectError> {
-    let timeout = opts.connect_timeout;
-    match tokio::time::timeout(timeout, connect_inner(opts)).await {
+    if !opts.proxy_jump.is_empty() {
+        return crate::jump::connect(opts).await;
+    }
+    within(opts.connect_timeout, async {
+        let socket = tcp_connect(opts).await?;
+        handshake(socket, opts, false).await
+    })
+    .await
+}
+
+/// `step` bounded by `timeout`.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    step: impl Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
+    match tokio::time::timeout(timeout, step).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
 }
 
-async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> {
-    let host = opts.remote.host.clone();
-    let addr = if host.contains(':') {
-        format!("[{host}]:{}", opts.port)
+/// `host:port`, IPv6 in brackets, for messages.
+pub(crate) fn display_addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
-        format!("{host}:{}", opts.port)
-    };
+        format!("{host}:{port}")
+    }
+}
+
+/// The TCP connection to `opts.remote.host`:`opts.port`.
+pub(crate) async fn tcp_connect(
+    opts: &MountOptions,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    let host = opts.remote.host.clone();
+    let addr = display_addr(&host, opts.port);
     let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), opts.port))
         .await
         .map_err(|e| ConnectError::Resolve {
@@ -183,7 +222,21 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
         reason: last_err.map_or("no address found".into(), |e| e.to_string()),
     })?;
     let _ = socket.set_nodelay(true);
+    Ok(socket)
+}
 
+/// The SSH handshake and authentication over `socket` (a TCP connection, or a jump host's
+/// forwarded channel), as `opts.remote`'s user on `opts.remote.host`:`opts.port`.
+pub(crate) async fn handshake<S>(
+    socket: S,
+    opts: &MountOptions,
+    jump_host: bool,
+) -> Result<Connection, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let host = opts.remote.host.clone();
+    let addr = display_addr(&host, opts.port);
     let policy = hostkey::Policy {
         host: host.clone(),
         port: opts.port,
@@ -194,13 +247,18 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
             .clone()
             .or_else(hostkey::default_known_hosts),
         learn: opts.learn_host_keys,
+        jump_host,
     };
+    let mut config = client_config(opts);
+    if hostkey::trusts_a_certificate_authority(&policy) {
+        config.preferred.host_key_certificates = Cow::Borrowed(hostkey::CERTIFICATE_ALGORITHMS);
+    }
     let seen = Arc::new(Mutex::new(HostKeySeen::default()));
     let handler = Client {
         policy,
         seen: seen.clone(),
     };
-    let config = Arc::new(client_config(opts));
+    let config = Arc::new(config);
     // russh reads each packet with two reads (its length, then the rest); a buffer turns the
     // 16-byte ones into copies and takes many packets per system call. Writes pass through.
     let socket = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
@@ -222,6 +280,7 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
     Ok(Connection {
         handle,
         fingerprint,
+        via: Vec::new(),
     })
 }
 
@@ -260,7 +319,7 @@ fn client_config(opts: &MountOptions) -> client::Config {
 }
 
 /// The local login name, as ssh uses when sshcmd has no `user@`.
-fn default_user() -> String {
+pub(crate) fn default_user() -> String {
     std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())

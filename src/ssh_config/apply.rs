@@ -15,8 +15,8 @@ pub struct Resolution {
     pub file: Option<PathBuf>,
     /// The Host/Match lines that applied.
     pub matched: Vec<Matched>,
-    /// `ProxyJump` from the file, when no volume option gave one (kept as written).
-    // TODO(lead, at merge with the jump branch): feed this into its proxyjump option field.
+    /// `ProxyJump` from the file, when no volume option gave one (kept as written; parsed
+    /// into the options' `proxy_jump` hops).
     pub proxy_jump: Option<String>,
 }
 
@@ -108,6 +108,14 @@ pub fn effective_in(
         proxy_jump: None,
     };
     fill(&mut o, &cfg, &given, &mut res);
+    if let Some(hops) = &res.proxy_jump
+        && let Some(p) = &cfg.proxy
+    {
+        o.proxy_jump = crate::jump::parse_list(hops).map_err(|why| ConfigError::At {
+            origin: p.origin.clone(),
+            message: format!("ProxyJump {why}; expected {}", crate::jump::EXPECTED),
+        })?;
+    }
 
     // Paths last: their tokens stand for the final host, user and port.
     let tokens = expand::Tokens {

@@ -428,3 +428,27 @@ proptest::proptest! {
         let _ = resolve(&h.config(), &h.query("host", Some("u")));
     }
 }
+
+/// `ProxyJump` in the file becomes the hops the connection goes through (the option wins);
+/// a bad hop is an error naming the file and line.
+#[test]
+fn proxy_jump_from_the_file_becomes_the_hops() {
+    let h = Home::new("Host a\n  ProxyJump me@bastion:2200,[::1]\n");
+    let o = effective(&h, &[("sshcmd", "a:/x")]).unwrap();
+    let hops: Vec<String> = o.proxy_jump.iter().map(|j| j.endpoint()).collect();
+    assert_eq!(hops, ["bastion:2200", "[::1]:22"]);
+    assert_eq!(o.proxy_jump[0].user.as_deref(), Some("me"));
+    let o = effective(&h, &[("sshcmd", "a:/x"), ("proxyjump", "gw")]).unwrap();
+    assert_eq!(o.proxy_jump[0].endpoint(), "gw:22", "the option wins");
+    let o = effective(&h, &[("sshcmd", "b:/x")]).unwrap();
+    assert!(o.proxy_jump.is_empty(), "other hosts go direct");
+
+    let h = Home::new("Host a\n  ProxyJump bastion:99999\n");
+    let e = effective(&h, &[("sshcmd", "a:/x")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2") && e.contains("ProxyJump hop 1 'bastion:99999'"),
+        "{e}"
+    );
+}

@@ -10,6 +10,8 @@ case $SSHFS_PLUGIN in *:*) ;; *) SSHFS_PLUGIN=$SSHFS_PLUGIN:latest ;; esac
 # The test SSH server: host networking, loopback only.
 export SSHFS_TEST_HOST=127.0.0.1
 export SSHFS_TEST_PORT=${SSHFS_TEST_PORT:-2222}
+# A second server of the same image that tests/plugin_jump.rs starts as a jump host (ProxyJump).
+export SSHFS_TEST_JUMP_PORT=${SSHFS_TEST_JUMP_PORT:-2223}
 export SSHFS_TEST_PASSWORD=${SSHFS_TEST_PASSWORD:-tester-secret}
 export SSHFS_TEST_ROOT_PASSWORD=${SSHFS_TEST_ROOT_PASSWORD:-root-secret}
 # The server's SFTP implementation: internal (internal-sftp) or server (/usr/lib/openssh/sftp-server).
