@@ -3,8 +3,10 @@
 //! authentication, opened over a `direct-tcpip` channel of the hop before it (the first over
 //! TCP); the target's SSH session runs over a channel of the last hop. No `ssh` binary.
 //!
-//! Each hop logs in with the volume's own credentials (password, keys), as ssh does for a hop
-//! with no configuration of its own. A hop that drops takes the target session with it, and the
+//! Each hop logs in with its own ssh_config entry where it has one (HostName, User, Port and
+//! IdentityFile of the `Host` block matching the hop's name: `ssh_config::apply`), and with the
+//! volume's own credentials (password, keys), as ssh does for a hop with no configuration of its
+//! own. A hop that drops takes the target session with it, and the
 //! reconnect supervision dials the whole chain again.
 
 use std::fmt;
@@ -27,6 +29,10 @@ pub struct JumpHost {
     /// it in the volume's state), never given as an option.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostkey: Option<String>,
+    /// Key files from the hop's own ssh_config entry (`IdentityFile` in its `Host` block), tried
+    /// before the volume's; filled in when the options meet the file, never stored.
+    #[serde(skip)]
+    pub identity_files: Vec<std::path::PathBuf>,
 }
 
 impl JumpHost {
@@ -128,6 +134,7 @@ fn parse_hop(s: &str) -> Result<JumpHost, String> {
         host: host.to_string(),
         port,
         hostkey: None,
+        identity_files: Vec::new(),
     })
 }
 
@@ -148,6 +155,8 @@ fn hop_options(opts: &MountOptions, hop: &JumpHost) -> MountOptions {
     };
     o.port = hop.port;
     o.hostkey = hop.hostkey.clone();
+    // The target's entry in the config is not the hop's.
+    o.config_identity_files = hop.identity_files.clone();
     o.proxy_jump = Vec::new();
     o
 }
@@ -258,6 +267,7 @@ mod tests {
             host: host.to_string(),
             port,
             hostkey: None,
+            identity_files: Vec::new(),
         }
     }
 

@@ -207,6 +207,62 @@ fn a_jump_hosts_changed_key_is_refused_naming_the_hop() {
 }
 
 /// `mount -J HOP ...` expected to fail; its stderr.
+/// A hop's own entry in the ssh_config file (HostName, Port, User, IdentityFile of its `Host`
+/// block) is what it dials and logs in with: this jump host accepts only its own key, not the
+/// target's, and is named only by its alias.
+#[test]
+fn a_hop_dials_and_logs_in_with_its_own_ssh_config_entry() {
+    let target = Sshd::start();
+    let mut bastion = Sshd::start();
+    bastion.reconfigure("LogLevel DEBUG1\nAllowTcpForwarding yes");
+    let dir = TempDir::new("jump-cfg");
+    let known_hosts = dir.path().join("known_hosts");
+    // Without the entry: the hop refuses the volume's (the target's) key.
+    let refused = jump_failure(
+        &target,
+        &format!("root@127.0.0.1:{}", bastion.port),
+        &known_hosts,
+    );
+    assert!(
+        refused.contains("jump host") && refused.contains("authentication failed"),
+        "{refused}"
+    );
+    let config = dir.path().join("config");
+    fs::write(
+        &config,
+        format!(
+            "Host bastion\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n\
+             Host *\n  User nobody-here\n",
+            bastion.port,
+            bastion.key.display()
+        ),
+    )
+    .unwrap();
+    let opts = format!(
+        "IdentityFile={},UserKnownHostsFile={},ProxyJump=bastion,ssh_config={}",
+        target.key.display(),
+        known_hosts.display(),
+        config.display()
+    );
+    fs::create_dir(target.data.join("c")).unwrap();
+    let m = Mount::new(&target, &target.remote("c"), &opts);
+    fs::write(m.path("f"), "through the hop's own entry\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(target.data.join("c/f")).unwrap(),
+        "through the hop's own entry\n"
+    );
+    assert!(
+        forwarded_to(&bastion.log(), target.port),
+        "the bastion forwarded to the target: {}",
+        bastion.log()
+    );
+    let recorded = fs::read_to_string(&known_hosts).unwrap();
+    assert!(
+        recorded.contains(&format!("[127.0.0.1]:{} ssh-ed25519", bastion.port)),
+        "the hop's key is recorded under the address its entry gives: {recorded}"
+    );
+}
+
 fn jump_failure(target: &Sshd, hop: &str, known_hosts: &Path) -> String {
     let failed = mount_expect_failure(
         &[

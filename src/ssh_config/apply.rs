@@ -103,7 +103,7 @@ pub fn effective_in(
     // Case-insensitive: option names are (`proxyjump` and `ProxyJump` are one option).
     let given = |name: &str| parsed.given.iter().any(|g| g.eq_ignore_ascii_case(name));
     let mut res = Resolution {
-        file: Some(file),
+        file: Some(file.clone()),
         matched: cfg.matched.clone(),
         proxy_jump: None,
     };
@@ -115,6 +115,10 @@ pub fn effective_in(
             origin: p.origin.clone(),
             message: format!("ProxyJump {why}; expected {}", crate::jump::EXPECTED),
         })?;
+    }
+
+    for hop in &mut o.proxy_jump {
+        resolve_hop(hop, &file, &query)?;
     }
 
     // Paths last: their tokens stand for the final host, user and port.
@@ -170,6 +174,56 @@ pub fn effective_in(
         }
     }
     Ok((o, res))
+}
+
+/// A jump host's own entry in the file, as ssh reads one for each `-J` hop: its HostName, its
+/// User where the hop names none, its Port where the hop gives the default 22, and its
+/// IdentityFile lines. (A `ProxyJump` in the hop's own entry, a chain of chains, is not
+/// followed.)
+fn resolve_hop(
+    hop: &mut crate::jump::JumpHost,
+    file: &Path,
+    target: &Query,
+) -> Result<(), ConfigError> {
+    let query = Query {
+        host: hop.host.clone(),
+        user: hop.user.clone(),
+        local_user: target.local_user.clone(),
+        home: target.home.clone(),
+    };
+    let cfg = super::resolve(file, &query)?;
+    if let Some(h) = &cfg.hostname {
+        hop.host = h.value.clone();
+    }
+    if hop.user.is_none()
+        && let Some(u) = &cfg.user
+    {
+        hop.user = Some(u.value.clone());
+    }
+    if hop.port == 22
+        && let Some(p) = &cfg.port
+    {
+        hop.port = p.value;
+    }
+    let (_, _, uid) = local_identity(Context::Command);
+    let tokens = expand::Tokens {
+        home: query.home.clone(),
+        local_user: query.local_user.clone(),
+        local_uid: uid,
+        host: hop.host.clone(),
+        original_host: query.host.clone(),
+        remote_user: hop.user.clone().unwrap_or_else(|| query.local_user.clone()),
+        port: hop.port,
+        proxy_jump: String::new(),
+    };
+    for s in &cfg.identity_files {
+        let p = expand::path(&s.value, &tokens).map_err(|message| ConfigError::At {
+            origin: s.origin.clone(),
+            message: format!("IdentityFile {message}"),
+        })?;
+        hop.identity_files.push(p);
+    }
+    Ok(())
 }
 
 /// The plain values: each from the file only where the volume gave none.
