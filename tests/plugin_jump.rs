@@ -1,5 +1,5 @@
 //! Jump hosts through Docker (issue 12): a volume with `-o ProxyJump=...` reaches the test SSH
-//! server through a second OpenSSH server (a container of the same image on
+//! server through a second OpenSSH server, twice over (two hops; a container of the same image on
 //! `$SSHFS_TEST_JUMP_PORT`, logging each forwarded connection); the traffic provably takes that
 //! path; a container's writes resume after the jump host is killed and started again; and once
 //! the jump host's key changes, the next mount is refused with the hop named.
@@ -167,8 +167,10 @@ fn plugin_mounts_through_a_jump_host_that_restarts_and_refuses_its_changed_key()
     let jump = JumpHost::start(&ctx);
     let dir = ctx.remote_dir("jump");
     let mut opts = ctx.password_opts(&dir);
+    // Two hops, as the issue asks: through the jump host, then through it again (the first
+    // hop forwards to the jump host's own port, the second to the target).
     opts.extend([
-        format!("ProxyJump={}", jump.hop()),
+        format!("ProxyJump={},{}", jump.hop(), jump.hop()),
         "ServerAliveInterval=1".into(),
         "ServerAliveCountMax=2".into(),
     ]);
@@ -192,8 +194,13 @@ fn plugin_mounts_through_a_jump_host_that_restarts_and_refuses_its_changed_key()
     let target = ctx.cfg.port;
     assert_mentions(
         &jump.log(),
+        &format!("target 127.0.0.1 port {}", jump.port),
+        "the first hop's direct-tcpip channel to the second",
+    );
+    assert_mentions(
+        &jump.log(),
         &format!("target 127.0.0.1 port {target}"),
-        "the jump host's direct-tcpip log",
+        "the second hop's direct-tcpip channel to the target",
     );
     let jump_pid = jump.pid();
     let from_jump_host = sockets::established().into_iter().any(|t| {
