@@ -30,7 +30,8 @@ pub struct JumpHost {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostkey: Option<String>,
     /// Key files from the hop's own ssh_config entry (`IdentityFile` in its `Host` block), tried
-    /// before the volume's; filled in when the options meet the file, never stored.
+    /// after the volume's `IdentityFile` options, as the file's are for the target; filled in
+    /// when the options meet the file, never stored.
     #[serde(skip)]
     pub identity_files: Vec<std::path::PathBuf>,
 }
