@@ -472,7 +472,15 @@ impl Driver {
     }
 
     pub fn list(&self) -> Result<Vec<VolumeInfo>, DriverError> {
-        Ok(self.store.list()?.iter().map(|r| self.info(r)).collect())
+        let mut out: Vec<VolumeInfo> = self.store.list()?.iter().map(|r| self.info(r)).collect();
+        // Records of a newer plugin (a downgrade) stay visible; their Get says to upgrade.
+        out.extend(self.store.list_newer()?.into_iter().map(|r| VolumeInfo {
+            mountpoint: self.volumes_dir.join(&r.dir).to_string_lossy().into_owned(),
+            name: r.name,
+            created_at: None,
+            status: None,
+        }));
+        Ok(out)
     }
 
     fn info(&self, rec: &VolumeRecord) -> VolumeInfo {
@@ -504,7 +512,7 @@ impl Driver {
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
-            plugin_version: env!("CARGO_PKG_VERSION"),
+            plugin_version: crate::version::VERSION,
         };
         if let Err(e) = &opts {
             st.state = VolumeState::Failed;

@@ -17,3 +17,4 @@ pub mod secret;
 pub mod sftp;
 pub mod ssh;
 pub mod state;
+pub mod version;
