@@ -116,6 +116,11 @@ if command -v "${TOOLS}strip" >/dev/null; then "${TOOLS}strip" "$ROOTFS/docker-v
 : > "$ROOTFS/etc/resolv.conf"
 echo 'root:x:0:0:root:/root:/docker-volume-sshfs' > "$ROOTFS/etc/passwd"
 echo 'root:x:0:' > "$ROOTFS/etc/group"
+# dockerd refuses to create a plugin whose rootfs is byte-identical to one it already has
+# ("content sha256:...: already exists"): the build stamp makes each bundle unique, so the same
+# build can be installed next to itself or pushed under several tags.
+printf 'version=%s\narch=%s\nbuilt=%s\n' "$VERSION" "$ARCH" "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" \
+    > "$ROOTFS/etc/sshfs-build"
 cp config.json "$OUT/config.json"
 
 # What a registry stores and a user downloads is the gzipped rootfs layer.

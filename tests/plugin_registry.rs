@@ -3,9 +3,10 @@
 //! then upgraded with the README's `docker plugin upgrade` steps from version N to N+1 with
 //! volumes created under N; and state written by a newer plugin refused clearly, not lost.
 //!
-//! Two builds of the same sources report different versions (SSHFS_BUILD_VERSION): each costs a
-//! release build of this crate (the dependencies are already built by tests/run.sh's install),
-//! so this is one test, in a binary of its own. The registry is a local `docker-registry`
+//! Two builds of the same sources report different versions: N is the build tests/run.sh
+//! installed (cargo has nothing to do), N+1 the same sources with SSHFS_BUILD_VERSION set, which
+//! costs one release build of this crate (its dependencies are built already). So this is one
+//! test, in a binary of its own. The registry is a local `docker-registry`
 //! (`e2e::registry`); the plugin is installed under its own alias, next to the one under test.
 
 mod e2e;
@@ -63,13 +64,15 @@ fn plugin_version(plugin: &str) -> String {
     out.stdout.trim().to_string()
 }
 
-/// The plugin's mount settings, `name=source` each.
+/// The mount sources the plugin starts with, `name=source` each. `docker plugin set` writes
+/// them into the plugin's config (moby's `Plugin.Set`), which is what `enable` uses; the
+/// `Settings` that `docker plugin inspect` also shows are not updated by an upgrade.
 fn mount_settings(plugin: &str) -> String {
     docker(&[
         "plugin",
         "inspect",
         "-f",
-        "{{range .Settings.Mounts}}{{.Name}}={{.Source}} {{end}}",
+        "{{range .Config.Mounts}}{{.Name}}={{.Source}} {{end}}",
         plugin,
     ])
     .ok("plugin settings")
@@ -107,20 +110,14 @@ fn install_from_registry_then_upgrade_keeps_volumes() {
     // shared machine), installed under an alias of its own.
     let repo = ctx.cfg.plugin.trim_end_matches(":latest").to_string();
     let alias = format!("{repo}-registry:latest");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // Unique per run: dockerd refuses a plugin whose rootfs is byte-identical to another's.
-    let (v1, v2) = (
-        format!("{}-e2e.{stamp}.1", env!("CARGO_PKG_VERSION")),
-        format!("{}-e2e.{stamp}.2", env!("CARGO_PKG_VERSION")),
-    );
+    // N: what this checkout builds (as the test binary was, in the same environment).
+    let v1 = docker_volume_sshfs::version::VERSION.to_string();
+    let v2 = format!("{v1}-e2e.next");
     let (ref1, ref2) = (
         format!("{}/{repo}:{v1}", registry.host()),
         format!("{}/{repo}:{v2}", registry.host()),
     );
-    for (version, reference) in [(&v1, &ref1), (&v2, &ref2)] {
+    for (version, reference) in [(None, &ref1), (Some(v2.as_str()), &ref2)] {
         let out = build_and_push(version, None, reference).ok(&format!("push {reference}"));
         let size = out
             .stdout
@@ -223,6 +220,21 @@ fn install_from_registry_then_upgrade_keeps_volumes() {
         ref2.as_str(),
     ])
     .ok("docker plugin upgrade");
+    // The upgrade replaces the config, and with it the mount sources set at install, by the new
+    // version's defaults (the plugin would start on an empty state directory): the README says
+    // to set them again before enabling.
+    eprintln!(
+        "mount sources right after the upgrade: {}",
+        mount_settings(&alias)
+    );
+    docker(&[
+        "plugin",
+        "set",
+        alias.as_str(),
+        &format!("state.source={}", state.display()),
+        &format!("sshkey.source={}", keys.display()),
+    ])
+    .ok("docker plugin set after the upgrade");
     docker(&["plugin", "enable", alias.as_str()]).ok("docker plugin enable after upgrade");
     step(started, &format!("upgraded {alias} to {ref2}"));
 
@@ -287,30 +299,32 @@ fn install_from_registry_then_upgrade_keeps_volumes() {
         "every volume mounts under N+1 with its options and pinned key",
     );
 
-    // A record of a newer schema (as if N+2 had written it and the user went back to N+1):
-    // refused with a message saying so, listed, left untouched, the other volumes unaffected.
-    let future = ctx.unique("future");
-    let record = serde_json::json!({
-        "schema": 99, "name": future, "dir": future, "created_at": "2030-01-01T00:00:00Z",
-        "options_v99": {"sshcmd": "somewhere"}
-    });
+    // A volume whose record a newer plugin rewrote in a schema this one does not know (as if
+    // N+2 had run and the user went back to N+1): refused with a message saying so, still
+    // listed, left untouched; the other volumes unaffected.
+    let future_dir = ctx.remote_dir("future");
+    let future = ctx.volume("future", &ctx.password_opts(&future_dir));
     docker(&["plugin", "disable", "-f", alias.as_str()]).ok("disable");
-    poke_record(&state, &future, Some(&record));
+    let original = poke_record(&state, future.as_str(), None).expect("the volume's record");
+    let mut newer: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    newer["schema"] = 99.into();
+    newer["shape_of_v99"] = serde_json::json!({"unknown": true});
+    poke_record(&state, future.as_str(), Some(&newer));
     docker(&["plugin", "enable", alias.as_str()]).ok("enable with a newer record");
-    assert!(volume_listed(&future), "a newer volume stays listed");
-    let used = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--label",
-        e2e::LABEL,
-        "--mount",
-        &format!("type=volume,source={future},target=/data,volume-driver={alias}"),
-        ctx.cfg.image.as_str(),
-        "true",
-    ])
-    .fails("using a volume of a newer schema");
+    assert!(
+        volume_listed(future.as_str()),
+        "a newer volume stays listed"
+    );
+    // Get answers (dockerd forgets a volume whose Get fails), with the reason in Status.
+    let st = status(future.as_str());
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_mentions(&st.to_string(), "newer version of the plugin", "Status");
+    let used = ctx.run(future.as_str(), &[], "touch /data/must-not-be-local");
+    assert!(
+        !used.success(),
+        "a newer record must not mount: {}",
+        used.text()
+    );
     assert_mentions(&used.stderr, "newer version of the plugin", "newer schema");
     assert_mentions(&used.stderr, "docker plugin upgrade", "newer schema");
     assert_eq!(
@@ -318,15 +332,23 @@ fn install_from_registry_then_upgrade_keeps_volumes() {
         "written by N+1\n"
     );
     docker(&["plugin", "disable", "-f", alias.as_str()]).ok("disable");
-    let kept = poke_record(&state, &future, None).expect("the newer record is still there");
+    let kept = poke_record(
+        &state,
+        future.as_str(),
+        Some(&serde_json::from_slice(&original).unwrap()),
+    )
+    .expect("the newer record is still there");
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&kept).unwrap(),
-        record,
+        newer,
         "never overwritten"
     );
     docker(&["plugin", "enable", alias.as_str()]).ok("enable");
-    // dockerd may have adopted the name from List; the plugin no longer knows it.
-    let _ = docker(&["volume", "rm", "-f", future.as_str()]);
+    assert_eq!(
+        ctx.run_ok(future.as_str(), &[], "ls /data; stat -c %u /data"),
+        "1000\n",
+        "the same volume again once its record is readable (no local stand-in was made)"
+    );
     step(
         started,
         "a newer schema is refused, listed and left untouched",

@@ -76,7 +76,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         socket = %args.socket.display(),
         state = %args.state_dir.display(),
         volumes = %args.volumes_dir.display(),
-        version = crate::version::VERSION,
+        version = %crate::version::VERSION,
         "listening"
     );
     tokio::spawn({

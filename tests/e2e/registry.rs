@@ -99,20 +99,19 @@ impl Drop for Registry {
     }
 }
 
-/// `SSHFS_BUILD_VERSION=<version> ./build-rootfs.sh [--arch A] --push <reference>`: builds the
-/// bundle reporting `version`, creates the plugin under `reference`, pushes it and removes the
-/// local copy. Returns the script's output (build time and bundle size included).
-pub fn build_and_push(version: &str, arch: Option<&str>, reference: &str) -> Out {
+/// `[SSHFS_BUILD_VERSION=<version>] ./build-rootfs.sh [--arch A] --push <reference>`: builds the
+/// bundle (reporting `version` if given), creates the plugin under `reference`, pushes it and
+/// removes the local copy. Returns the script's output (build time and bundle size included).
+pub fn build_and_push(version: Option<&str>, arch: Option<&str>, reference: &str) -> Out {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("build-rootfs.sh");
     let mut args: Vec<&str> = Vec::new();
     if let Some(a) = arch {
         args.extend(["--arch", a]);
     }
     args.extend(["--push", reference]);
-    run_cmd_env(
-        script.to_str().unwrap(),
-        &args,
-        &[("SSHFS_BUILD_VERSION", version)],
-        BUILD_TIMEOUT,
-    )
+    let envs: Vec<(&str, &str)> = version
+        .map(|v| ("SSHFS_BUILD_VERSION", v))
+        .into_iter()
+        .collect();
+    run_cmd_env(script.to_str().unwrap(), &args, &envs, BUILD_TIMEOUT)
 }
