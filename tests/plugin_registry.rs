@@ -242,16 +242,11 @@ fn install_from_registry_then_upgrade_keeps_volumes() {
     assert_eq!(
         mount_settings(&alias),
         settings,
-        "settings survive the upgrade"
+        "mount sources as set again after the upgrade"
     );
     if let Some(log) = log {
-        let lines = log.plugin_lines(
-            &docker(&["plugin", "inspect", "-f", "{{.Id}}", alias.as_str()])
-                .ok("id")
-                .stdout
-                .trim()
-                .to_string(),
-        );
+        let id = docker(&["plugin", "inspect", "-f", "{{.Id}}", alias.as_str()]).ok("id");
+        let lines = log.plugin_lines(id.stdout.trim());
         assert_mentions(&lines, &format!("version={v2}"), "the start log line");
     }
     for (i, (v, _)) in volumes.iter().enumerate() {
