@@ -68,7 +68,7 @@ case "$ARCH" in
 esac
 if [ "$ARCH" = "$HOST_ARCH" ]; then TOOLS=; fi
 if [ "$ACTION" = install ] && [ "$ARCH" != "$HOST_ARCH" ]; then
-    die "--install needs a $HOST_ARCH bundle on this machine (Docker runs no foreign plugin): push the $ARCH one with --push REF and install it on a $ARCH machine"
+    die "--install installs on this machine ($HOST_ARCH) only: Docker runs no foreign-arch plugin. Push the $ARCH bundle with --push REF and install it on the $ARCH machine"
 fi
 if [ "$ACTION" = push ] && [ ${#SETTINGS[@]} -gt 0 ]; then
     die "settings (${SETTINGS[*]}) are given at install time: docker plugin install REF KEY=VALUE..."
