@@ -61,6 +61,11 @@ pub enum DriverError {
     NotFound(String),
     #[error("volume '{name}': {source}")]
     Options { name: String, source: OptionError },
+    #[error("volume '{name}': {source}")]
+    SshConfig {
+        name: String,
+        source: crate::ssh_config::ConfigError,
+    },
     #[error(
         "volume '{name}': password_stdin works only with the mount command; use -o password=... \
          or -o password_file=/root/.ssh/FILE (a file in the plugin's sshkey mount)"
@@ -116,7 +121,16 @@ pub struct VolumeInfo {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub remote: String,
+    /// The effective host, port and user (after the ssh_config file, if one applies).
+    pub host: String,
     pub port: u16,
+    pub user: String,
+    /// The ssh_config file read for this volume, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_config: Option<String>,
+    /// Its Host/Match lines that applied (`FILE:LINE: Host alias`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ssh_config_matched: Vec<String>,
     pub state: VolumeState,
     pub active_mounts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,12 +140,29 @@ pub struct Status {
     /// Named like the option that pins a key explicitly.
     #[serde(rename = "hostkey", skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
+    /// Where known_hosts marks the pinned key `@revoked` ("FILE line N"): it cannot connect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostkey_revoked: Option<String>,
+    /// The jump hosts (`ProxyJump`), first hop first, with their pinned keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jump_hosts: Vec<JumpHostStatus>,
     /// Totals since the plugin started, over every mount of the volume.
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub reconnects: u64,
     /// The plugin's version (`docker-volume-sshfs --version`).
     pub plugin_version: &'static str,
+}
+
+/// A jump host as Status shows it.
+#[derive(Debug, Serialize)]
+pub struct JumpHostStatus {
+    /// `user@host:port`.
+    pub host: String,
+    #[serde(rename = "hostkey", skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostkey_revoked: Option<String>,
 }
 
 /// A volume's state as Status shows it.
@@ -408,6 +439,17 @@ impl Driver {
             tracing::info!(volume = %name, host_key = %fp, "pinned the server's host key");
             rec.host_key = Some(fp);
         }
+        if opts.strict_host_key_checking != StrictHostKeyChecking::No {
+            for (endpoint, fp) in mounted.jump_host_keys() {
+                if let std::collections::btree_map::Entry::Vacant(pin) =
+                    rec.jump_host_keys.entry(endpoint)
+                {
+                    tracing::info!(volume = %name, jump_host = %pin.key(), host_key = %fp,
+                        "pinned the jump host's key");
+                    pin.insert(fp);
+                }
+            }
+        }
         rec.mounts.add(id);
         if let Err(e) = self.store.put(&rec) {
             // A mount nobody counted would never be unmounted: undo it.
@@ -546,27 +588,53 @@ impl Driver {
     }
 
     fn status(&self, rec: &VolumeRecord) -> Status {
-        let opts = options_of(&rec.public_options());
-        let (remote, port) = match &opts {
-            Ok(o) => (remote_string(o), o.port),
-            Err(_) => ("(stored options no longer valid)".to_string(), 0),
+        let opts = resolved_options_of(&rec.public_options());
+        let (remote, port, host, user) = match &opts {
+            Ok((o, _)) => (
+                remote_string(o),
+                o.port,
+                o.remote.host.clone(),
+                o.remote.login("root"),
+            ),
+            Err(_) => (
+                "(options not usable, see last_error)".to_string(),
+                0,
+                String::new(),
+                String::new(),
+            ),
+        };
+        let (ssh_config, ssh_config_matched) = match &opts {
+            Ok((_, r)) => (
+                r.file.as_ref().map(|f| f.display().to_string()),
+                r.matched.iter().map(|m| m.to_string()).collect(),
+            ),
+            Err(_) => (None, Vec::new()),
         };
         let mut st = Status {
             remote,
+            host,
             port,
+            user,
+            ssh_config,
+            ssh_config_matched,
             state: VolumeState::Idle,
             active_mounts: rec.mounts.total(),
             last_error: None,
             last_error_at: None,
             host_key: rec.host_key.clone(),
+            hostkey_revoked: None,
+            jump_hosts: Vec::new(),
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
             plugin_version: crate::version::VERSION,
         };
-        if let Err(e) = &opts {
-            st.state = VolumeState::Failed;
-            st.last_error = Some(e.to_string());
+        match &opts {
+            Ok((o, _)) => revocations(o, rec, &mut st),
+            Err(e) => {
+                st.state = VolumeState::Failed;
+                st.last_error = Some(e.to_string());
+            }
         }
         let Some(runtime) = self.volumes.lock().get(&rec.name).cloned() else {
             return st;
@@ -613,12 +681,30 @@ impl Driver {
     /// key (accept-new: the first key seen is the only one accepted afterwards).
     fn effective_options(&self, rec: &VolumeRecord) -> Result<MountOptions, DriverError> {
         let all = self.store.options_with_secrets(rec)?;
-        let mut o = options_of(&all).map_err(|source| DriverError::Options {
-            name: rec.name.clone(),
-            source,
-        })?;
-        if o.hostkey.is_none() && o.strict_host_key_checking != StrictHostKeyChecking::No {
-            o.hostkey = rec.host_key.clone();
+        let parsed = options::parse(&options::from_docker_opts(&all), None, Context::Plugin)
+            .map_err(|source| DriverError::Options {
+                name: rec.name.clone(),
+                source,
+            })?;
+        let (mut o, res) =
+            crate::ssh_config::apply::effective(&parsed, Context::Plugin).map_err(|source| {
+                DriverError::SshConfig {
+                    name: rec.name.clone(),
+                    source,
+                }
+            })?;
+        if let Some(f) = &res.file {
+            let matched: Vec<String> = res.matched.iter().map(|m| m.to_string()).collect();
+            tracing::info!(volume = %rec.name, ssh_config = %f.display(), matched = ?matched,
+                host = %o.remote.host, port = o.port, "ssh_config applied");
+        }
+        if o.strict_host_key_checking != StrictHostKeyChecking::No {
+            if o.hostkey.is_none() {
+                o.hostkey = rec.host_key.clone();
+            }
+            for hop in &mut o.proxy_jump {
+                hop.hostkey = rec.jump_host_keys.get(&hop.endpoint()).cloned();
+            }
         }
         Ok(o)
     }
@@ -722,9 +808,9 @@ impl Driver {
             };
             drop(mounted);
             tracing::warn!(volume = %name, "the mount ended unexpectedly");
-            let result = match taken.map(Arc::try_unwrap) {
-                Some(Ok(m)) => m.unmount().await,
-                _ => mount::lazy_unmount(&mp),
+            let result = match taken {
+                Some(m) => unmount_mounted(m, UNMOUNT_WAIT).await,
+                None => mount::lazy_unmount(&mp),
             };
             if let Err(e) = result {
                 tracing::debug!(volume = %name, "cleanup after the mount ended: {e}");
@@ -774,8 +860,39 @@ impl Driver {
     }
 }
 
-fn options_of(opts: &BTreeMap<String, String>) -> Result<MountOptions, OptionError> {
-    options::parse(&options::from_docker_opts(opts), None, Context::Plugin).map(|p| p.options)
+/// The jump hosts and their pins for Status, and where known_hosts revokes a pinned key
+/// (read from the local known_hosts file only, like everything Get shows).
+fn revocations(o: &MountOptions, rec: &VolumeRecord, st: &mut Status) {
+    let known_hosts = o
+        .known_hosts_file
+        .clone()
+        .or_else(crate::hostkey::default_known_hosts);
+    let revoked = |host: &str, port: u16, pin: Option<&String>| {
+        let (kh, pin) = (known_hosts.as_ref()?, pin?);
+        crate::hostkey::revoked_pin(kh, host, port, pin)
+    };
+    st.hostkey_revoked = revoked(&o.remote.host, o.port, rec.host_key.as_ref());
+    st.jump_hosts = o
+        .proxy_jump
+        .iter()
+        .map(|hop| {
+            let pin = rec.jump_host_keys.get(&hop.endpoint());
+            JumpHostStatus {
+                host: hop.to_string(),
+                host_key: pin.cloned(),
+                hostkey_revoked: revoked(&hop.host, hop.port, pin),
+            }
+        })
+        .collect();
+}
+/// The options completed by the ssh_config file, as a Mount would use them (for Status; the
+/// error is the message to show).
+fn resolved_options_of(
+    opts: &BTreeMap<String, String>,
+) -> Result<(MountOptions, crate::ssh_config::apply::Resolution), String> {
+    let parsed = options::parse(&options::from_docker_opts(opts), None, Context::Plugin)
+        .map_err(|e| e.to_string())?;
+    crate::ssh_config::apply::effective(&parsed, Context::Plugin).map_err(|e| e.to_string())
 }
 
 /// Unmounts a mount taken out of its volume's state, waiting up to `wait` for a busy mount.
@@ -862,6 +979,87 @@ pub fn mount_dir_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Status shows each jump host with its pin, and a pin known_hosts now marks `@revoked`.
+    #[test]
+    fn status_shows_jump_host_pins_and_revoked_pins() {
+        const K1: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        const K2: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+        let fp = |k: &str| {
+            crate::hostkey::fingerprint(&russh::keys::PublicKey::from_openssh(k).unwrap())
+        };
+        let dir = std::env::temp_dir().join(format!("dvs-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kh = dir.join("known_hosts");
+        std::fs::write(
+            &kh,
+            format!("# revoked\n@revoked [gw]:2222 {K2}\n@revoked * {K1}\n"),
+        )
+        .unwrap();
+        let raw: BTreeMap<String, String> = [
+            ("sshcmd", "files:/srv"),
+            ("ProxyJump", "admin@gw:2222,10.0.0.7"),
+            ("UserKnownHostsFile", kh.to_str().unwrap()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let o = options::parse(&options::from_docker_opts(&raw), None, Context::Plugin)
+            .unwrap()
+            .options;
+        let mut rec = VolumeRecord::new("v", "v-1".into(), now_rfc3339(), raw);
+        rec.host_key = Some(fp(K1));
+        rec.jump_host_keys.insert("gw:2222".into(), fp(K2));
+        let mut st = Status {
+            remote: String::new(),
+            host: String::new(),
+            port: 22,
+            user: String::new(),
+            ssh_config: None,
+            ssh_config_matched: Vec::new(),
+            state: VolumeState::Idle,
+            active_mounts: 0,
+            last_error: None,
+            last_error_at: None,
+            host_key: rec.host_key.clone(),
+            hostkey_revoked: None,
+            jump_hosts: Vec::new(),
+            bytes_read: 0,
+            bytes_written: 0,
+            reconnects: 0,
+            plugin_version: "test",
+        };
+        revocations(&o, &rec, &mut st);
+        assert_eq!(st.hostkey_revoked, Some(format!("{} line 3", kh.display())));
+        let shown: Vec<(&str, Option<&str>, Option<&str>)> = st
+            .jump_hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.host.as_str(),
+                    h.host_key.as_deref(),
+                    h.hostkey_revoked.as_deref(),
+                )
+            })
+            .collect();
+        let line2 = format!("{} line 2", kh.display());
+        let gw_pin = fp(K2);
+        assert_eq!(
+            shown[0],
+            ("admin@gw:2222", Some(gw_pin.as_str()), Some(line2.as_str()))
+        );
+        assert_eq!(
+            (shown[1].1, shown[1].2),
+            (None, None),
+            "not pinned yet: {shown:?}"
+        );
+        assert!(shown[1].0.ends_with("@10.0.0.7:22"), "{shown:?}");
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["jump_hosts"][0]["hostkey"], gw_pin.as_str());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn names_are_checked() {

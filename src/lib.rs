@@ -3,18 +3,24 @@
 //!
 //! Data flows one way: `cmd` (the two commands) -> `protocol` (Docker's HTTP calls) -> `driver`
 //! (volume semantics) -> `state` (sled) and `mount` (mount lifecycle) -> `fs` (FUSE operations)
-//! -> `sftp` (remote calls) -> `ssh` (the connection) -> `hostkey` (which keys to trust).
+//! -> `sftp` (remote calls) -> `ssh` (the connection, through `jump` hosts if any) -> `hostkey`
+//! (which keys to trust, from pins and `known_hosts`).
 //! `options` is shared by the plugin and the command line; `secret` keeps passwords out of logs.
 
+pub mod agent_mount;
 pub mod cmd;
 pub mod driver;
 pub mod fs;
 pub mod hostkey;
+pub mod jump;
+pub mod known_hosts;
 pub mod mount;
 pub mod options;
 pub mod protocol;
 pub mod secret;
 pub mod sftp;
 pub mod ssh;
+pub mod ssh_auth;
+pub mod ssh_config;
 pub mod state;
 pub mod version;

@@ -30,6 +30,9 @@ enum Command {
         /// Options, comma-separated: -o IdentityFile=~/.ssh/id_ed25519,allow_other,...
         #[arg(short = 'o', action = clap::ArgAction::Append)]
         options: Vec<String>,
+        /// Jump hosts, as ssh -J: [user@]host[:port][,...] (the ProxyJump option).
+        #[arg(short = 'J', long = "jump")]
+        jump: Option<String>,
         /// The remote directory: user@host:/path (user@host alone: the login's home).
         remote: String,
         /// Where to mount it (an existing directory).
@@ -47,10 +50,17 @@ fn main() -> ExitCode {
         }
         Command::Mount {
             port,
-            options,
+            mut options,
+            jump,
             remote,
             mountpoint,
-        } => cmd::mount::run(port, &options, &remote, &mountpoint),
+        } => {
+            // As one -o item: its commas separate hops, not options.
+            if let Some(j) = jump {
+                options.push(format!("ProxyJump={}", j.replace(',', "\\,")));
+            }
+            cmd::mount::run(port, &options, &remote, &mountpoint)
+        }
     }
 }
 

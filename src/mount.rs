@@ -41,6 +41,11 @@ impl Mounted {
         self.sftp.host_key_fingerprint().to_string()
     }
 
+    /// `(host:port, SHA256 fingerprint)` of each jump host's key (to pin them on first use).
+    pub fn jump_host_keys(&self) -> Vec<(String, String)> {
+        self.sftp.jump_host_keys().to_vec()
+    }
+
     pub fn stats(&self) -> Stats {
         self.sftp.stats()
     }

@@ -117,6 +117,31 @@ pub enum StrictHostKeyChecking {
     No,
 }
 
+/// `ssh_config` / `F`: which ssh_config(5) file completes the options (see `ssh_config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SshConfigFile {
+    /// `~/.ssh/config` if it exists (in the plugin: the sshkey mount's `config`).
+    #[default]
+    Default,
+    /// `none`: no file.
+    None,
+    /// This file (a relative name is taken in `~/.ssh`).
+    Path(PathBuf),
+}
+
+/// `IdentityAgent`: where the ssh-agent listens.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum IdentityAgent {
+    /// `none`: no agent.
+    None,
+    /// The socket named by this environment variable (`SSH_AUTH_SOCK`, the command's default).
+    Env(String),
+    /// A socket, or a directory holding one.
+    Path(PathBuf),
+    /// The plugin's `sshagent` mount (the plugin's default): a socket or a directory holding one.
+    PluginMount,
+}
+
 /// Everything needed to connect and mount, after validation.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MountOptions {
@@ -160,6 +185,30 @@ pub struct MountOptions {
     /// ssh; the plugin pins them in its own state instead of writing to the user's files).
     #[serde(default)]
     pub learn_host_keys: bool,
+    /// The ssh_config file to read (`ssh_config=` / `F=`).
+    #[serde(default)]
+    pub ssh_config: SshConfigFile,
+    /// User certificates (`CertificateFile`, repeatable); `KEY-cert.pub` beside a key is found
+    /// without it.
+    #[serde(default)]
+    pub certificate_files: Vec<PathBuf>,
+    /// `IdentitiesOnly`: offer only the IdentityFile/CertificateFile keys, agent or not.
+    #[serde(default)]
+    pub identities_only: bool,
+    /// Where the ssh-agent is.
+    #[serde(default = "default_agent")]
+    pub identity_agent: IdentityAgent,
+    /// IdentityFile lines of the ssh_config file: unlike the option, a missing file is skipped
+    /// (as ssh does).
+    #[serde(default)]
+    pub config_identity_files: Vec<PathBuf>,
+    /// `ProxyJump`: the jump hosts to connect through, first hop first (see `jump`).
+    #[serde(default)]
+    pub proxy_jump: Vec<crate::jump::JumpHost>,
+}
+
+fn default_agent() -> IdentityAgent {
+    IdentityAgent::PluginMount
 }
 
 /// Defaults that differ between the plugin and the command line.
@@ -215,6 +264,7 @@ const HONOURED: &[&str] = &[
     "StrictHostKeyChecking",
     "UserKnownHostsFile",
     "hostkey",
+    "ProxyJump",
     "ConnectTimeout",
     "reconnect_timeout",
     "follow_symlinks",
@@ -222,6 +272,11 @@ const HONOURED: &[&str] = &[
     "cache_timeout",
     "strict_chown",
     "idmap",
+    "ssh_config",
+    "F",
+    "CertificateFile",
+    "IdentityAgent",
+    "IdentitiesOnly",
     "ssh_command",
     "sftp_server",
 ];
@@ -254,7 +309,6 @@ const ACCEPTED_NO_OPS: &[&str] = &[
     "BatchMode", // we never prompt
     "PasswordAuthentication",
     "PreferredAuthentications",
-    "IdentitiesOnly",
     "allow_root",
 ];
 
@@ -349,7 +403,17 @@ pub fn parse(
         connect_timeout: Duration::from_secs(15),
         strict_chown: false,
         learn_host_keys: false,
+        proxy_jump: Vec::new(),
+        ssh_config: SshConfigFile::Default,
+        certificate_files: Vec::new(),
+        identities_only: false,
+        identity_agent: match ctx {
+            Context::Plugin => IdentityAgent::PluginMount,
+            Context::Command => IdentityAgent::Env("SSH_AUTH_SOCK".into()),
+        },
+        config_identity_files: Vec::new(),
     };
+    let mut given = std::collections::BTreeSet::new();
     let mut sshcmd: Option<String> = remote.map(str::to_string);
     let mut password_stdin = false;
 
@@ -358,6 +422,9 @@ pub fn parse(
             return Err(OptionError::Unknown { name: name.clone() });
         };
         let v = value.as_deref();
+        // `F` is ssh's own flag for the same thing.
+        let key = if key == "F" { "ssh_config" } else { key };
+        given.insert(key);
         match key {
             "sshcmd" => {
                 if ctx == Context::Command {
@@ -425,6 +492,16 @@ pub fn parse(
                 }
                 o.hostkey = Some(val.to_string());
             }
+            "ProxyJump" => {
+                let val = need(key, v, crate::jump::EXPECTED)?;
+                o.proxy_jump = crate::jump::parse_list(val).map_err(|why| {
+                    bad_value(
+                        key,
+                        val,
+                        &format!("{why}; expected {}", crate::jump::EXPECTED),
+                    )
+                })?;
+            }
             "ConnectTimeout" => o.connect_timeout = TIMEOUT.seconds(key, v)?,
             "reconnect_timeout" => o.reconnect_timeout = TIMEOUT.seconds(key, v)?,
             "follow_symlinks" => o.follow_symlinks = flag(key, v)?,
@@ -442,6 +519,32 @@ pub fn parse(
                         "none or user (use uid=/gid= for a fixed owner)",
                     ));
                 }
+            }
+            "ssh_config" => {
+                let val = need(key, v, "a path to an ssh_config file, or none")?;
+                o.ssh_config = if val.eq_ignore_ascii_case("none") {
+                    SshConfigFile::None
+                } else {
+                    SshConfigFile::Path(PathBuf::from(val))
+                };
+            }
+            "CertificateFile" => o.certificate_files.push(PathBuf::from(need(
+                key,
+                v,
+                "a path to a certificate (KEY-cert.pub)",
+            )?)),
+            "IdentitiesOnly" => o.identities_only = flag(key, v)?,
+            "IdentityAgent" => {
+                let val = need(key, v, "a socket path, SSH_AUTH_SOCK or none")?;
+                o.identity_agent = if val.eq_ignore_ascii_case("none") {
+                    IdentityAgent::None
+                } else if val == "SSH_AUTH_SOCK" {
+                    IdentityAgent::Env(val.to_string())
+                } else if let Some(var) = val.strip_prefix('$') {
+                    IdentityAgent::Env(var.to_string())
+                } else {
+                    IdentityAgent::Path(PathBuf::from(val))
+                };
             }
             "ssh_command" | "sftp_server" => {
                 return Err(bad_value(
@@ -473,6 +576,7 @@ pub fn parse(
     Ok(ParsedOptions {
         options: o,
         wants_password_stdin: password_stdin,
+        given,
     })
 }
 
@@ -481,6 +585,8 @@ pub fn parse(
 pub struct ParsedOptions {
     pub options: MountOptions,
     pub wants_password_stdin: bool,
+    /// The options the user gave (canonical names): an ssh_config file fills in only the rest.
+    pub given: std::collections::BTreeSet<&'static str>,
 }
 
 fn need<'a>(name: &str, v: Option<&'a str>, expected: &str) -> Result<&'a str, OptionError> {
@@ -770,6 +876,27 @@ mod tests {
         assert!(e.contains("uid") && e.contains("4294967294"), "{e}");
         assert!(one("gid", "-1").is_err());
         assert!(one("umask", "1000").is_err());
+    }
+
+    #[test]
+    fn proxy_jump_in_either_spelling() {
+        for name in ["proxyjump", "ProxyJump"] {
+            let o = plugin(&[("sshcmd", "h:/x"), (name, "admin@gw:2222,[::1]")]).unwrap();
+            let hops: Vec<String> = o.proxy_jump.iter().map(|h| h.endpoint()).collect();
+            assert_eq!(hops, ["gw:2222", "[::1]:22"]);
+            assert_eq!(o.proxy_jump[0].user.as_deref(), Some("admin"));
+        }
+        let e = plugin(&[("sshcmd", "h:/x"), ("proxyjump", "gw:99999")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ProxyJump") && e.contains("hop 1 'gw:99999'") && e.contains("1 to 65535"),
+            "{e}"
+        );
+        let e = plugin(&[("sshcmd", "h:/x"), ("proxyjump", "")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[user@]host[:port]"), "{e}");
     }
 
     #[test]

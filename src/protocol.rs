@@ -213,6 +213,10 @@ fn parse<T: DeserializeOwned>(call: &str, body: &[u8], example: &str) -> Result<
 async fn handle(driver: Arc<Driver>, call: Call) -> Result<Value, DriverError> {
     Ok(match call {
         Call::Activate => json!({"Implements": ["VolumeDriver"]}),
+        // `local`: a volume's record (options, pinned host key, password file, mount counts)
+        // lives in this node's state, not across the cluster as `global` would claim. Swarm
+        // ignores the scope and creates the volume on each node from the service's volume-opt
+        // (tests/swarm/multinode.sh; README, Swarm).
         Call::Capabilities => json!({"Capabilities": {"Scope": "local"}}),
         Call::Create { name, opts } => {
             tracing::debug!(volume = %name, options = ?opts.keys().collect::<Vec<_>>(), "Create");

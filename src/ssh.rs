@@ -6,13 +6,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use russh::client::{self, Handle};
-use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::PublicKeyOrCertificate;
 use russh::{MethodSet, cipher, compression};
 use russh_sftp::client::RawSftpSession;
 
@@ -47,6 +47,9 @@ pub enum ConnectError {
     RemotePath { path: String, reason: String },
     #[error("SSH protocol error: {0}")]
     Protocol(String),
+    /// A jump host (`proxyjump`) failed: names the hop, then what went wrong there.
+    #[error("jump host {hop}: {detail}")]
+    Jump { hop: String, detail: String },
 }
 
 /// Window and packet sizes: throughput over a long link is bounded by window / RTT, so the
@@ -58,7 +61,7 @@ const MAX_PACKET: u32 = 65535;
 const READ_BUFFER: usize = 256 * 1024;
 
 /// The russh client handler: checks the host key and remembers what it saw.
-struct Client {
+pub(crate) struct Client {
     policy: hostkey::Policy,
     seen: Arc<Mutex<HostKeySeen>>,
 }
@@ -76,12 +79,10 @@ impl client::Handler for Client {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        // We advertise no certificate algorithms, so a server never sends one.
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            return Ok(false);
-        };
+        // A certificate (offered only where known_hosts trusts a CA, see `handshake`) is
+        // pinned and shown by the key it certifies.
         let mut seen = self.seen.lock();
-        seen.fingerprint = Some(hostkey::fingerprint(key));
+        seen.fingerprint = Some(hostkey::fingerprint(&key.public_key()));
         match hostkey::check(&self.policy, key) {
             Verdict::Known | Verdict::New => Ok(true),
             Verdict::Refused(msg) => {
@@ -94,8 +95,11 @@ impl client::Handler for Client {
 
 /// An authenticated SSH connection.
 pub struct Connection {
-    handle: Handle<Client>,
+    pub(crate) handle: Handle<Client>,
     fingerprint: String,
+    /// The jump hosts this connection runs through, first hop first (see `jump`): kept open
+    /// as long as it is.
+    pub(crate) via: Vec<crate::jump::Hop>,
 }
 
 impl Connection {
@@ -104,9 +108,18 @@ impl Connection {
         &self.fingerprint
     }
 
-    /// True once the transport is gone (server closed it, keepalives unanswered, ...).
+    /// `(host:port, SHA256 fingerprint)` of each jump host's key, first hop first.
+    pub fn jump_host_keys(&self) -> Vec<(String, String)> {
+        self.via
+            .iter()
+            .map(|h| (h.host.endpoint(), h.conn.fingerprint.clone()))
+            .collect()
+    }
+
+    /// True once the transport is gone (server closed it, keepalives unanswered, a jump host
+    /// dropped, ...).
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.handle.is_closed() || self.via.iter().any(|h| h.conn.is_closed())
     }
 
     /// Opens a channel running the `sftp` subsystem and completes the SFTP handshake.
@@ -140,26 +153,52 @@ impl Connection {
             .handle
             .disconnect(russh::Disconnect::ByApplication, "unmounted", "en")
             .await;
+        for hop in self.via.iter().rev() {
+            Box::pin(hop.conn.disconnect()).await;
+        }
     }
 }
 
-/// Connects and authenticates, within `connect_timeout`. The host key must pass the policy
-/// built from the options (`hostkey`, known_hosts, `StrictHostKeyChecking`).
+/// Connects and authenticates, within `connect_timeout` (per hop, through jump hosts). The
+/// host key must pass the policy built from the options (`hostkey`, known_hosts,
+/// `StrictHostKeyChecking`).
 pub async fn connect(opts: &MountOptions) -> Result<Connection, ConnectError> {
-    let timeout = opts.connect_timeout;
-    match tokio::time::timeout(timeout, connect_inner(opts)).await {
+    if !opts.proxy_jump.is_empty() {
+        return crate::jump::connect(opts).await;
+    }
+    within(opts.connect_timeout, async {
+        let socket = tcp_connect(opts).await?;
+        handshake(socket, opts, false).await
+    })
+    .await
+}
+
+/// `step` bounded by `timeout`.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    step: impl Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
+    match tokio::time::timeout(timeout, step).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
 }
 
-async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> {
-    let host = opts.remote.host.clone();
-    let addr = if host.contains(':') {
-        format!("[{host}]:{}", opts.port)
+/// `host:port`, IPv6 in brackets, for messages.
+pub(crate) fn display_addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
-        format!("{host}:{}", opts.port)
-    };
+        format!("{host}:{port}")
+    }
+}
+
+/// The TCP connection to `opts.remote.host`:`opts.port`.
+pub(crate) async fn tcp_connect(
+    opts: &MountOptions,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    let host = opts.remote.host.clone();
+    let addr = display_addr(&host, opts.port);
     let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), opts.port))
         .await
         .map_err(|e| ConnectError::Resolve {
@@ -183,7 +222,21 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
         reason: last_err.map_or("no address found".into(), |e| e.to_string()),
     })?;
     let _ = socket.set_nodelay(true);
+    Ok(socket)
+}
 
+/// The SSH handshake and authentication over `socket` (a TCP connection, or a jump host's
+/// forwarded channel), as `opts.remote`'s user on `opts.remote.host`:`opts.port`.
+pub(crate) async fn handshake<S>(
+    socket: S,
+    opts: &MountOptions,
+    jump_host: bool,
+) -> Result<Connection, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let host = opts.remote.host.clone();
+    let addr = display_addr(&host, opts.port);
     let policy = hostkey::Policy {
         host: host.clone(),
         port: opts.port,
@@ -194,13 +247,18 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
             .clone()
             .or_else(hostkey::default_known_hosts),
         learn: opts.learn_host_keys,
+        jump_host,
     };
+    let mut config = client_config(opts);
+    if hostkey::trusts_a_certificate_authority(&policy) {
+        config.preferred.host_key_certificates = Cow::Borrowed(hostkey::CERTIFICATE_ALGORITHMS);
+    }
     let seen = Arc::new(Mutex::new(HostKeySeen::default()));
     let handler = Client {
         policy,
         seen: seen.clone(),
     };
-    let config = Arc::new(client_config(opts));
+    let config = Arc::new(config);
     // russh reads each packet with two reads (its length, then the rest); a buffer turns the
     // 16-byte ones into copies and takes many packets per system call. Writes pass through.
     let socket = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
@@ -222,6 +280,7 @@ async fn connect_inner(opts: &MountOptions) -> Result<Connection, ConnectError> 
     Ok(Connection {
         handle,
         fingerprint,
+        via: Vec::new(),
     })
 }
 
@@ -260,7 +319,7 @@ fn client_config(opts: &MountOptions) -> client::Config {
 }
 
 /// The local login name, as ssh uses when sshcmd has no `user@`.
-fn default_user() -> String {
+pub(crate) fn default_user() -> String {
     std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())
@@ -290,48 +349,14 @@ async fn authenticate(
         (None, None) => None,
     };
 
-    let explicit = !opts.identity_files.is_empty();
-    let key_files: Vec<PathBuf> = if explicit {
-        opts.identity_files.clone()
-    } else {
-        default_key_files()
+    // Agent, certificates and key files: ssh_auth.rs.
+    let keys = match crate::ssh_auth::try_keys(handle, opts, user).await? {
+        crate::ssh_auth::KeyOutcome::Accepted => return Ok(()),
+        crate::ssh_auth::KeyOutcome::NotAccepted(a) => a,
     };
-    let mut tried = Vec::new();
-    let mut methods: Option<MethodSet> = None;
-    for path in &key_files {
-        let key = match russh::keys::load_secret_key(
-            path,
-            opts.passphrase.as_ref().map(Secret::expose),
-        ) {
-            Ok(k) => k,
-            Err(e) => {
-                if explicit {
-                    return Err(key_error(path, &e, opts.passphrase.is_some()));
-                }
-                tracing::debug!(key = %path.display(), error = %e, "skipping default key");
-                continue;
-            }
-        };
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(|e| ConnectError::Protocol(e.to_string()))?
-            .flatten();
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-        let res = handle
-            .authenticate_publickey(user, key)
-            .await
-            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
-        match res {
-            russh::client::AuthResult::Success => return Ok(()),
-            russh::client::AuthResult::Failure {
-                remaining_methods, ..
-            } => {
-                tried.push(path.display().to_string());
-                methods = Some(remaining_methods);
-            }
-        }
-    }
+    let notes = keys.notes_suffix();
+    let tried = keys.tried;
+    let mut methods = keys.methods;
 
     if let Some(pw) = &password {
         let res = handle
@@ -371,13 +396,13 @@ async fn authenticate(
         }
         return Err(auth_err(format!(
             "no password or key given (the server accepts: {}). Add -o password=..., \
-             -o password_file=... or -o IdentityFile=/path/to/key",
+             -o password_file=... or -o IdentityFile=/path/to/key{notes}",
             describe(methods)
         )));
     }
     Err(auth_err(format!(
         "the server rejected the key(s) {} (it accepts: {}). Add the public key to the user's \
-         authorized_keys, or give -o password=...",
+         authorized_keys, or give -o password=...{notes}",
         tried.join(", "),
         describe(methods)
     )))
@@ -476,7 +501,11 @@ fn describe(methods: Option<MethodSet>) -> String {
     }
 }
 
-fn key_error(path: &Path, e: &russh::keys::Error, have_passphrase: bool) -> ConnectError {
+pub(crate) fn key_error(
+    path: &Path,
+    e: &russh::keys::Error,
+    have_passphrase: bool,
+) -> ConnectError {
     let reason = match e {
         russh::keys::Error::KeyIsEncrypted => {
             "the key is encrypted: give its passphrase with -o passphrase=...".to_string()
@@ -493,18 +522,6 @@ fn key_error(path: &Path, e: &russh::keys::Error, have_passphrase: bool) -> Conn
         path: path.display().to_string(),
         reason,
     }
-}
-
-fn default_key_files() -> Vec<PathBuf> {
-    let Some(home) = std::env::var_os("HOME") else {
-        return Vec::new();
-    };
-    let ssh = Path::new(&home).join(".ssh");
-    ["id_ed25519", "id_ecdsa", "id_rsa"]
-        .iter()
-        .map(|n| ssh.join(n))
-        .filter(|p| p.exists())
-        .collect()
 }
 
 fn read_password_file(path: &Path) -> Result<Secret, ConnectError> {

@@ -153,6 +153,10 @@ pub struct VolumeRecord {
     /// SHA256 fingerprint of the server's key, pinned at the first successful mount.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// Pinned keys of the jump hosts (`host:port` -> `SHA256:...`), each at the first
+    /// successful mount through it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jump_host_keys: BTreeMap<String, String>,
 }
 
 impl VolumeRecord {
@@ -172,6 +176,7 @@ impl VolumeRecord {
             secret_options: BTreeSet::new(),
             mounts: MountCounts::default(),
             host_key: None,
+            jump_host_keys: BTreeMap::new(),
         }
     }
 

@@ -299,6 +299,35 @@ fn truncate_shrinks_and_grows() {
     );
 }
 
+/// Linux truncates on open(O_RDONLY|O_TRUNC) when the caller may write the file (the access
+/// check asks for write permission); the mount must do the same, not only for writers.
+#[test]
+fn read_only_open_with_o_trunc_truncates_as_linux_does() {
+    let mnt = Mounted::root("");
+    let local = TempDir::new("otrunc");
+    for dir in [local.path(), mnt.path("").as_path()] {
+        fs::write(dir.join("r"), b"some bytes").unwrap();
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(dir.join("r"))
+            .expect("open O_RDONLY|O_TRUNC");
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(
+            (got.len(), f.metadata().unwrap().len()),
+            (0, 0),
+            "{}: content and size after open(O_RDONLY|O_TRUNC)",
+            dir.display()
+        );
+    }
+    assert_eq!(
+        fs::read(mnt.server("r")).unwrap(),
+        b"",
+        "server after O_RDONLY|O_TRUNC"
+    );
+}
+
 #[test]
 fn chmod_files_and_dirs() {
     let mnt = Mounted::root("");

@@ -11,6 +11,8 @@
 #   SSHFS_PLUGIN_SETTINGS="k=v.." `docker plugin set` settings applied at install, e.g. a separate
 #                                 state.source when another instance of the plugin runs here
 #   SSHFS_CROSS=0                 skip the arm64/armv7 bundles and their qemu tests
+#   SSHFS_SWARM=0|1               skip / force tests/swarm/multinode.sh (default: run it when no
+#                                 cargo arguments are given)
 # It starts from whatever Docker state it finds: leftovers of earlier runs (containers, volumes,
 # services, compose projects named/labelled sshfs-e2e) are removed first; nothing else is touched.
 set -euo pipefail
@@ -106,4 +108,13 @@ tests/docker/sshd.sh up
 
 log "running cargo test --release --no-fail-fast $*"
 # --no-fail-fast: one failing test binary must not hide the results of the others.
-cargo test --release --no-fail-fast "$@"
+rc=0
+cargo test --release --no-fail-fast "$@" || rc=$?
+
+# The multi-node swarm test runs its own engines, registry and SSH server (README, Swarm); a run
+# restricted to some cargo tests skips it, SSHFS_SWARM=1 forces it, SSHFS_SWARM=0 skips it.
+if [[ ${SSHFS_SWARM:-$(($# == 0))} == 1 ]]; then
+    log "running tests/swarm/multinode.sh"
+    tests/swarm/multinode.sh || rc=$?
+fi
+exit "$rc"

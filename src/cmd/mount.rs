@@ -52,7 +52,14 @@ fn options_from_cli(
     let parsed = options::parse(&raw, Some(remote), Context::Command).map_err(|e| e.to_string())?;
     // Before any thread starts: `-o password=...` no longer shows in /proc/PID/cmdline.
     crate::secret::scrub_process_args();
-    let mut opts = parsed.options;
+    // The ssh_config file (~/.ssh/config, or -o ssh_config=PATH) fills what -o did not give.
+    let (mut opts, res) = crate::ssh_config::apply::effective(&parsed, Context::Command)
+        .map_err(|e| e.to_string())?;
+    if let Some(f) = &res.file {
+        let matched: Vec<String> = res.matched.iter().map(|m| m.to_string()).collect();
+        tracing::info!(ssh_config = %f.display(), matched = ?matched, host = %opts.remote.host,
+            port = opts.port, "ssh_config applied");
+    }
     // Like ssh: keys accepted for the first time are recorded in known_hosts.
     opts.learn_host_keys = true;
     if parsed.wants_password_stdin {

@@ -62,6 +62,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // Listen first: dockerd dials a new plugin for only ~12.5 s. Connections wait in the
     // backlog until the state is open, which takes milliseconds.
     let listener = bind(&args.socket)?;
+    // Before any mount can look for an agent.
+    crate::agent_mount::take();
     let store = match open_store(&args.state_dir).await {
         Ok(s) => s,
         Err(e) => {

@@ -14,6 +14,14 @@
 //! per node from one counter, set on lookup and getattr; a trim finds the oldest with one
 //! partial selection (`select_nth_unstable`) over the table, and trims a tenth of the budget at
 //! once, so the scan costs a few steps per inserted name.
+//!
+//! Ours before the server's: what a write, truncate or setattr through the mount did to an
+//! inode's attributes is known before the server has it, and a server answer (a stat, a
+//! listing) taken while such a change was on its way shows the file as it was. So a server
+//! answer replaces cached attributes only if nothing changed them locally since it was asked
+//! for and the inode had no write in flight then or now (`AttrTicket`); otherwise ours are
+//! kept and shown. Without this a listing fetched across a reconnect, before the resent
+//! writes landed, shrank the size an appender had just given the file.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -56,6 +64,17 @@ pub struct Node {
     pub hidden: bool,
     /// When the kernel last looked the entry up or asked for its attributes (`Inodes::clock`).
     stamp: u64,
+    /// `Inodes::epoch` at our last change to `attrs` (see `AttrTicket`).
+    changed: u64,
+}
+
+/// Taken before asking the server for attributes: the answer may replace an inode's cached
+/// attributes only if `AttrTicket::trusts` it (the module's rule).
+#[derive(Clone, Debug, Default)]
+pub struct AttrTicket {
+    epoch: u64,
+    /// Inodes with writes in flight when the question was sent.
+    busy: HashSet<u64>,
 }
 
 impl Node {
@@ -70,6 +89,7 @@ impl Node {
             nlink: None,
             hidden: false,
             stamp: 0,
+            changed: 0,
         }
     }
 
@@ -102,6 +122,8 @@ pub struct Inodes {
     next: u64,
     /// Recency counter for `Node::stamp`.
     clock: u64,
+    /// Counts our own attribute changes (`Node::changed`, `AttrTicket`).
+    epoch: u64,
 }
 
 impl Default for Inodes {
@@ -123,6 +145,55 @@ impl Inodes {
             by_path,
             next: ROOT + 1,
             clock: 0,
+            epoch: 0,
+        }
+    }
+
+    /// A ticket for a question about attributes sent now; `busy`: the inodes with writes in
+    /// flight now.
+    pub fn ticket(&self, busy: HashSet<u64>) -> AttrTicket {
+        AttrTicket {
+            epoch: self.epoch,
+            busy,
+        }
+    }
+
+    /// Our own change to `ino`'s attributes: answers asked for before it are older.
+    pub fn changed_locally(&mut self, ino: u64) {
+        self.epoch += 1;
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.changed = self.epoch;
+        }
+    }
+
+    /// Whether a server answer about `ino` taken with `ticket` may replace what we hold;
+    /// `busy_now`: the inodes with writes in flight now.
+    pub fn trusts(&self, ino: u64, ticket: &AttrTicket, busy_now: &HashSet<u64>) -> bool {
+        let changed = self.nodes.get(&ino).map_or(0, |n| n.changed);
+        changed <= ticket.epoch && !busy_now.contains(&ino) && !ticket.busy.contains(&ino)
+    }
+
+    /// Records a server answer about `ino` if `trusts` allows, and returns the attributes to
+    /// show: the answer, or ours when ours are newer.
+    pub fn offer(
+        &mut self,
+        ino: u64,
+        answer: FileAttributes,
+        fresh: Option<Instant>,
+        ticket: &AttrTicket,
+        busy_now: &HashSet<u64>,
+    ) -> FileAttributes {
+        let trusted = self.trusts(ino, ticket, busy_now);
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return answer;
+        };
+        match &node.attrs {
+            Some(ours) if !trusted => ours.clone(),
+            _ => {
+                node.attrs = Some(answer.clone());
+                node.fresh_until = fresh;
+                answer
+            }
         }
     }
 
@@ -160,12 +231,35 @@ impl Inodes {
     }
 
     /// Counts one kernel lookup of `path` and records its attributes; returns the inode.
+    /// For an object we just made or moved: these attributes are ours (see `changed_locally`).
     pub fn looked_up(&mut self, path: &str, attrs: FileAttributes, fresh: Option<Instant>) -> u64 {
+        let ino = self.count_lookup(path);
+        let node = self.nodes.get_mut(&ino).expect("counted");
+        node.attrs = Some(attrs);
+        node.fresh_until = fresh;
+        self.changed_locally(ino);
+        ino
+    }
+
+    /// Counts one kernel lookup of `path` answered by the server (`answer`, asked for with
+    /// `ticket`); returns the inode and the attributes to show (see `offer`).
+    pub fn looked_up_answer(
+        &mut self,
+        path: &str,
+        answer: FileAttributes,
+        fresh: Option<Instant>,
+        ticket: &AttrTicket,
+        busy_now: &HashSet<u64>,
+    ) -> (u64, FileAttributes) {
+        let ino = self.count_lookup(path);
+        let shown = self.offer(ino, answer, fresh, ticket, busy_now);
+        (ino, shown)
+    }
+
+    fn count_lookup(&mut self, path: &str) -> u64 {
         let ino = self.ensure(path);
         let node = self.nodes.get_mut(&ino).expect("just ensured");
         node.nlookup += 1;
-        node.attrs = Some(attrs);
-        node.fresh_until = fresh;
         self.clock += 1;
         node.stamp = self.clock;
         ino
@@ -352,12 +446,19 @@ impl Inodes {
     }
 
     /// Keeps a directory's cached listing (if any) in step with a change we made: a name
-    /// appeared or disappeared. Also marks the directory's own attributes (mtime) stale.
+    /// appeared or disappeared. The directory's mtime moves to now, as the server's does, and
+    /// its attributes stay as fresh as they were: marking them stale cost a round trip per
+    /// file unpacked, since the kernel looks the directory up again for every `mkdir -p` of
+    /// it (busybox `tar` does one per entry; an exclusive lookup always reaches us).
     pub fn dir_changed(&mut self, dir_path: &str, added: Option<&str>, removed: Option<&str>) {
-        let Some(node) = self.node_at(dir_path) else {
+        let Some(ino) = self.ino_of(dir_path) else {
             return;
         };
-        node.stale();
+        self.changed_locally(ino);
+        let node = self.nodes.get_mut(&ino).expect("indexed by path");
+        if let Some(a) = node.attrs.as_mut() {
+            a.mtime = Some(super::attr::to_secs(SystemTime::now()));
+        }
         if let Some((names, _)) = node.listing.as_mut() {
             if let Some(r) = removed {
                 names.remove(r);
@@ -438,6 +539,56 @@ mod tests {
 
     fn a() -> FileAttributes {
         FileAttributes::default()
+    }
+
+    fn sized(n: u64) -> FileAttributes {
+        FileAttributes {
+            size: Some(n),
+            ..FileAttributes::default()
+        }
+    }
+
+    fn size_of(t: &Inodes, ino: u64) -> Option<u64> {
+        t.get(ino)?.attrs.as_ref()?.size
+    }
+
+    #[test]
+    fn server_answers_older_than_our_changes_do_not_replace_them() {
+        let none = HashSet::new();
+        let mut t = Inodes::new();
+        let f = t.looked_up("f", sized(10), None);
+        // Asked before our write gave the file 20 bytes: the answer still says 10.
+        let before = t.ticket(HashSet::new());
+        t.get_mut(f).unwrap().attrs = Some(sized(20));
+        t.changed_locally(f);
+        assert_eq!(t.offer(f, sized(10), None, &before, &none).size, Some(20));
+        assert_eq!(size_of(&t, f), Some(20));
+        let (ino, shown) = t.looked_up_answer("f", sized(10), None, &before, &none);
+        assert_eq!((ino, shown.size, size_of(&t, f)), (f, Some(20), Some(20)));
+        // Asked after it: the server's word (another client truncated the file, say) wins.
+        let after = t.ticket(HashSet::new());
+        assert_eq!(t.offer(f, sized(5), None, &after, &none).size, Some(5));
+        assert_eq!(size_of(&t, f), Some(5));
+    }
+
+    #[test]
+    fn server_answers_taken_while_writes_were_in_flight_do_not_replace_ours() {
+        let none = HashSet::new();
+        let busy: HashSet<u64> = [2].into();
+        let mut t = Inodes::new();
+        let f = t.looked_up("f", sized(20), None);
+        assert_eq!(f, 2);
+        // In flight when asked (the write may land after the server answered)...
+        let asked = t.ticket(busy.clone());
+        assert_eq!(t.offer(f, sized(10), None, &asked, &none).size, Some(20));
+        // ... or in flight now.
+        let asked = t.ticket(HashSet::new());
+        assert_eq!(t.offer(f, sized(10), None, &asked, &busy).size, Some(20));
+        assert!(!t.trusts(f, &asked, &busy));
+        assert!(t.trusts(f, &asked, &none));
+        // Nothing of ours to keep: the answer is what we have.
+        let g = t.ensure("g");
+        assert_eq!(t.offer(g, sized(7), None, &asked, &busy).size, Some(7));
     }
 
     #[test]

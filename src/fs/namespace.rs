@@ -22,6 +22,7 @@ use super::attr::{self, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID};
 use super::errno::{errno, is_enoent};
 use super::file::OpenFile;
 use super::hidden::is_reserved;
+use super::inodes::AttrTicket;
 use super::inodes::child_path;
 use super::open::remove_hidden;
 use crate::sftp::{Error, FileAttributes, OpenFlags};
@@ -44,7 +45,24 @@ impl Fs {
         Ok(a)
     }
 
-    /// Records a freshly learned entry, counting the kernel's lookup.
+    /// A ticket for a question about attributes sent now (see `inodes::AttrTicket`).
+    pub(super) fn attr_ticket(&self) -> AttrTicket {
+        let busy = self.handles.busy_inodes();
+        self.nodes.lock().ticket(busy)
+    }
+
+    /// Records the server's answer to a lookup (asked with `ticket`), counting the kernel's
+    /// lookup; shows ours where ours are newer.
+    fn remember_answer(&self, path: &str, a: FileAttributes, ticket: &AttrTicket) -> FileAttr {
+        let busy = self.handles.busy_inodes();
+        let (ino, shown) =
+            self.nodes
+                .lock()
+                .looked_up_answer(path, a, self.fresh_until(), ticket, &busy);
+        self.file_attr(ino, &shown)
+    }
+
+    /// Records an entry we made or moved, counting the kernel's lookup.
     pub(super) fn remember(&self, path: &str, a: FileAttributes) -> FileAttr {
         let ino = self
             .nodes
@@ -89,8 +107,9 @@ impl Fs {
         if let Some(ino) = existing {
             self.settle(ino).await;
         }
+        let ticket = self.attr_ticket();
         match self.stat_remote(&cpath).await {
-            Ok(a) => Ok(Entry::Found(self.remember(&cpath, a))),
+            Ok(a) => Ok(Entry::Found(self.remember_answer(&cpath, a, &ticket))),
             Err(e) if is_enoent(&e) => Ok(Entry::Absent),
             Err(e) => Err(errno(&e)),
         }
@@ -129,12 +148,14 @@ impl Fs {
         };
         self.settle(ino).await;
         let handle = fh.and_then(|fh| self.handle(fh).ok());
+        let ticket = self.attr_ticket();
         let a = self.fetch(path.as_deref(), handle.as_ref()).await?;
-        if let Some(n) = self.nodes.lock().get_mut(ino) {
-            n.attrs = Some(a.clone());
-            n.fresh_until = self.fresh_until();
-        }
-        Ok(self.file_attr(ino, &a))
+        let busy = self.handles.busy_inodes();
+        let shown = self
+            .nodes
+            .lock()
+            .offer(ino, a, self.fresh_until(), &ticket, &busy);
+        Ok(self.file_attr(ino, &shown))
     }
 
     pub(super) async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {

@@ -212,7 +212,9 @@ impl Fs {
         if flags & libc::O_APPEND != 0 {
             f |= OpenFlags::APPEND;
         }
-        if flags & libc::O_TRUNC != 0 && f.contains(OpenFlags::WRITE) {
+        // Also for O_RDONLY: Linux truncates then too (the open is checked for write access),
+        // and so does the server's open(2) that sftp-server makes of it.
+        if flags & libc::O_TRUNC != 0 {
             f |= OpenFlags::TRUNCATE;
         }
         f
@@ -248,6 +250,9 @@ impl Fs {
         let append = sflags.contains(OpenFlags::APPEND);
         let size_hint = {
             let mut t = self.nodes.lock();
+            if truncate {
+                t.changed_locally(ino);
+            }
             let node = t.get_mut(ino);
             match node {
                 Some(n) if truncate => {
@@ -423,7 +428,8 @@ impl Fs {
         let len = data.len() as u64;
         match of.write(&self.rt, &self.handles.budget, offset, data).await {
             Ok(at) => {
-                if let Some(n) = self.nodes.lock().get_mut(ino) {
+                let mut t = self.nodes.lock();
+                if let Some(n) = t.get_mut(ino) {
                     // What the write does to the attributes is known: size and mtime are
                     // updated here, so a stat right after (tar does one per file) is
                     // answered without waiting for the write to land and asking the server.
@@ -434,6 +440,7 @@ impl Fs {
                         }
                         None => n.stale(),
                     }
+                    t.changed_locally(ino);
                 }
                 Ok(len as u32)
             }

@@ -14,16 +14,16 @@ use parking_lot::Mutex;
 use super::Fs;
 use super::attr::{self, Presentation, S_IFDIR};
 use super::errno::errno;
-use super::inodes::child_path;
+use super::inodes::{AttrTicket, child_path};
 use crate::sftp::{DirEntry, FileAttributes};
 
 /// A directory listing and when it was fetched.
 pub(super) struct Listing {
     pub entries: Vec<DirEntry>,
     pub fetched: Instant,
-    /// `Ahead::mutations` when the fetch started: if it moved since, an entry's attributes
-    /// may predate a change made through the mount (a write that has landed since).
-    pub mutations: u64,
+    /// Taken when the fetch started: an entry's attributes replace ours only if it trusts
+    /// them (they may predate a write made through the mount: `inodes::AttrTicket`).
+    pub ticket: AttrTicket,
 }
 
 // --- listing-size accounting (memory bounds, README limits) ---
@@ -149,7 +149,7 @@ impl Fs {
     /// Lists `path` from the server.
     pub(super) async fn fetch_listing(&self, path: &str) -> Result<Arc<Listing>, Errno> {
         let fetched = Instant::now();
-        let mutations = self.ahead.mutations();
+        let ticket = self.attr_ticket();
         let mut list = self
             .sftp
             .read_dir(&self.full(path))
@@ -177,7 +177,7 @@ impl Fs {
         Ok(Arc::new(Listing {
             entries: list,
             fetched,
-            mutations,
+            ticket,
         }))
     }
 
@@ -189,9 +189,7 @@ impl Fs {
         reply: &mut ReplyDirectoryPlus,
     ) {
         let busy = self.handles.busy_inodes();
-        // After a change through the mount, what we know of an entry may be newer than the
-        // listing (a size a write has given it since): ours wins where we have it.
-        let changed_since = self.ahead.mutations() != list.mutations;
+        let ticket = &list.ticket;
         // Entries are as fresh as the listing, which may have been fetched ahead.
         let fresh = self.caching().then(|| list.fetched + self.ttl);
         let ttl = fresh.map_or(Duration::ZERO, |f| {
@@ -221,11 +219,13 @@ impl Fs {
             let e = &list[i - 2];
             let cpath = child_path(&dir_path, &e.name);
             let cino = t.ensure(&cpath);
+            // After a change through the mount, what we know of an entry may be newer than
+            // the listing (a size a write has given it since): ours wins where we have it.
+            let trusted = t.trusts(cino, ticket, &busy);
             let node = t
                 .get_mut(cino)
                 .expect("ensure() made it, under this same lock");
-            let ours_newer = changed_since && node.fresh_attrs(Instant::now()).is_some();
-            if !busy.contains(&cino) && !ours_newer {
+            if trusted {
                 node.attrs = Some(e.attrs.clone());
                 node.fresh_until = fresh;
                 node.nlink = e.nlink;

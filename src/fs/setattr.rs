@@ -54,6 +54,16 @@ impl Change {
         }
     }
 
+    /// Forgets a chmod to the mode the file has (`base`): busybox `tar` chmods every file it
+    /// made to the mode it was just created with, a round trip each at real latencies.
+    fn drop_unchanged_mode(&mut self, base: &FileAttributes) {
+        if let (Some(m), Some(p)) = (self.mode, base.permissions)
+            && m & 0o7777 == p & 0o7777
+        {
+            self.mode = None;
+        }
+    }
+
     fn nothing_left(&self) -> bool {
         self.mode.is_none()
             && self.size.is_none()
@@ -143,6 +153,7 @@ impl Fs {
         let mut change = change;
         if base_fresh && let Some(b) = &base {
             change.drop_unchanged_owner(b);
+            change.drop_unchanged_mode(b);
             if change.nothing_left() {
                 return Ok(self.file_attr(ino, b));
             }
@@ -336,10 +347,12 @@ impl Fs {
 
     /// Records attributes we changed (fresh, and ctime moved).
     fn changed_attrs(&self, ino: u64, a: &FileAttributes) {
-        if let Some(n) = self.nodes.lock().get_mut(ino) {
+        let mut t = self.nodes.lock();
+        if let Some(n) = t.get_mut(ino) {
             n.attrs = Some(a.clone());
             n.fresh_until = self.fresh_until();
             n.ctime_floor = Some(SystemTime::now());
+            t.changed_locally(ino);
         }
     }
 }
@@ -350,4 +363,64 @@ struct Target<'a> {
     path: Option<&'a str>,
     /// The path is a symlink (see the module's rule).
     link: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> FileAttributes {
+        FileAttributes {
+            uid: Some(1000),
+            gid: Some(100),
+            permissions: Some(0o100644),
+            ..FileAttributes::default()
+        }
+    }
+
+    #[test]
+    fn a_change_to_what_the_file_has_is_nothing() {
+        let mut c = Change {
+            mode: Some(0o100644),
+            uid: Some(1000),
+            gid: Some(100),
+            ..Change::default()
+        };
+        c.drop_unchanged_owner(&base());
+        c.drop_unchanged_mode(&base());
+        assert!(c.nothing_left(), "{c:?}");
+        // Only half of the owner pair given: the other half is the file's.
+        let mut c = Change {
+            gid: Some(100),
+            ..Change::default()
+        };
+        c.drop_unchanged_owner(&base());
+        assert!(c.nothing_left(), "{c:?}");
+    }
+
+    #[test]
+    fn a_real_change_is_kept() {
+        for mode in [0o100600, 0o104644, 0o100645] {
+            let mut c = Change {
+                mode: Some(mode),
+                ..Change::default()
+            };
+            c.drop_unchanged_mode(&base());
+            assert_eq!(c.mode, Some(mode), "mode {mode:o}");
+        }
+        let mut c = Change {
+            uid: Some(0),
+            gid: Some(100),
+            ..Change::default()
+        };
+        c.drop_unchanged_owner(&base());
+        assert_eq!((c.uid, c.gid), (Some(0), Some(100)));
+        // Nothing known of the file's mode: sent.
+        let mut c = Change {
+            mode: Some(0o644),
+            ..Change::default()
+        };
+        c.drop_unchanged_mode(&FileAttributes::default());
+        assert_eq!(c.mode, Some(0o644));
+    }
 }

@@ -4,13 +4,14 @@
 //! free handle, and the rule that gives up a connection whose channels keep dying.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use russh_sftp::client::RawSftpSession;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::REQUEST_TIMEOUT;
@@ -83,6 +84,8 @@ pub(super) struct Channel {
     file_handles: Arc<Semaphore>,
     /// Its stream ended: no request sent on it will ever be answered.
     dead: AtomicBool,
+    /// Turns true with `dead`, waking the requests still waiting on the channel (`guard`).
+    ended: watch::Sender<bool>,
     health: Arc<Health>,
 }
 
@@ -110,12 +113,43 @@ impl Channel {
             handles: Arc::new(Semaphore::new(HANDLES_PER_CHANNEL)),
             file_handles: Arc::new(Semaphore::new(HANDLES_PER_CHANNEL - LISTING_RESERVE)),
             dead: AtomicBool::new(false),
+            ended: watch::Sender::new(false),
             health,
         })
     }
 
     pub(super) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Marks the channel dead; true for the call that did.
+    fn mark_dead(&self) -> bool {
+        if self.dead.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.ended.send_replace(true);
+        true
+    }
+
+    /// Runs one request of this channel and looks at its failure (`saw`). Once the channel is
+    /// known dead, a request still waiting fails as one whose stream ended in flight (and is
+    /// resent by the caller's retry) instead of waiting for `REQUEST_TIMEOUT`: russh-sftp
+    /// never answers a request registered in the instant its stream ended (it clears its
+    /// table of waiting requests when the stream ends, and a request added just after stays),
+    /// which held a write for two minutes after a reconnect and then failed it.
+    pub(super) async fn guard<T>(
+        &self,
+        request: impl Future<Output = RawResult<T>>,
+    ) -> RawResult<T> {
+        let mut ended = self.ended.subscribe();
+        let result = tokio::select! {
+            biased;
+            r = request => r,
+            _ = ended.wait_for(|e| *e) => Err(russh_sftp::client::error::Error::UnexpectedBehavior(
+                "sender dropped".into(),
+            )),
+        };
+        result.inspect_err(|e| self.saw(e))
     }
 
     fn try_permit(&self, purpose: Use) -> Option<HandlePermit> {
@@ -141,7 +175,7 @@ impl Channel {
         let Some(ended) = channel_ended(e) else {
             return;
         };
-        if self.dead.swap(true, Ordering::SeqCst) {
+        if !self.mark_dead() {
             return;
         }
         tracing::debug!(channel = self.number, error = %e, "SFTP channel ended");
@@ -365,7 +399,7 @@ impl Conn {
     pub(super) async fn shutdown(&self) {
         let channels = std::mem::take(&mut *self.channels.lock());
         for c in &channels {
-            c.dead.store(true, Ordering::SeqCst);
+            c.mark_dead();
             let _ = c.raw.close_session();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ssh.disconnect()).await;
@@ -376,6 +410,30 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request the server never answers (as one russh-sftp registered just after its stream
+    /// ended) is failed as "ended in flight" as soon as its channel is marked dead, not after
+    /// `REQUEST_TIMEOUT`.
+    #[tokio::test]
+    async fn a_dead_channel_wakes_its_waiting_requests() {
+        let (ours, _silent_server) = tokio::io::duplex(64 * 1024);
+        let channel = Channel::new(RawSftpSession::new(ours), 1, Arc::default());
+        let waiting = {
+            let channel = Arc::clone(&channel);
+            tokio::spawn(async move { channel.guard(channel.raw.stat("x")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "nobody answered: still waiting");
+        assert!(channel.mark_dead());
+        let got = tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("woken when the channel died")
+            .unwrap();
+        let e = got.expect_err("no answer");
+        assert_eq!(channel_ended(&e), Some(Ended::InFlight), "{e}");
+        assert!(channel.is_dead());
+        assert!(!channel.mark_dead(), "marked once");
+    }
 
     #[test]
     fn channels_keep_dying_only_when_deaths_come_close_together() {

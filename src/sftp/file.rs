@@ -170,11 +170,9 @@ impl File {
     ) -> Result<(), Error> {
         let send = |h: OpenHandle| async move {
             h.channel
-                .raw
-                .write(h.handle.as_str(), at, chunk.to_vec())
+                .guard(h.channel.raw.write(h.handle.as_str(), at, chunk.to_vec()))
                 .await
                 .map(drop)
-                .inspect_err(|e| h.channel.saw(e))
         };
         if let Some(h) = stripe {
             match send(h).await {
@@ -205,7 +203,7 @@ impl File {
                 async move {
                     let h = self.handle_on(&conn).await?;
                     let channel = h.channel.clone();
-                    f(h).await.inspect_err(|e| channel.saw(e))
+                    channel.guard(f(h)).await
                 }
             })
             .await
@@ -456,10 +454,8 @@ async fn open_in(
     attrs: FileAttributes,
 ) -> RawResult<OpenHandle> {
     let handle = channel
-        .raw
-        .open(path, flags, attrs)
-        .await
-        .inspect_err(|e| channel.saw(e))?
+        .guard(channel.raw.open(path, flags, attrs))
+        .await?
         .handle;
     Ok(OpenHandle {
         generation,

@@ -88,6 +88,8 @@ struct Remote {
     opts: MountOptions,
     root: String,
     fingerprint: String,
+    /// `(host:port, fingerprint)` of each jump host, as pinned.
+    jump_keys: Vec<(String, String)>,
     state: watch::Sender<ConnState>,
     /// Callers that saw the transport fail wake the supervisor at once.
     trouble: Arc<Notify>,
@@ -117,11 +119,16 @@ impl Sftp {
     pub async fn connect(opts: &MountOptions) -> Result<Sftp, ConnectError> {
         let (conn, features) = establish(opts, 1).await?;
         let fingerprint = conn.ssh.host_key_fingerprint().to_string();
+        let jump_keys = conn.ssh.jump_host_keys();
         let root = ops::resolve_root(&conn, &opts.remote.path).await?;
 
         let mut reconnect_opts = opts.clone();
         if opts.strict_host_key_checking != StrictHostKeyChecking::No {
             reconnect_opts.hostkey = Some(fingerprint.clone());
+            // Each jump host is pinned the same way: a reconnect goes through the same hops.
+            for (hop, (_, fp)) in reconnect_opts.proxy_jump.iter_mut().zip(&jump_keys) {
+                hop.hostkey = Some(fp.clone());
+            }
         }
         reconnect_opts.learn_host_keys = false;
         let (state, _) = watch::channel(ConnState::Up(Arc::new(conn)));
@@ -129,6 +136,7 @@ impl Sftp {
             opts: reconnect_opts,
             root,
             fingerprint,
+            jump_keys,
             state,
             trouble: Arc::new(Notify::new()),
             generations: AtomicU64::new(1),
@@ -161,6 +169,11 @@ impl Sftp {
     /// The SHA256 fingerprint of the server's host key, as pinned.
     pub fn host_key_fingerprint(&self) -> &str {
         &self.remote.fingerprint
+    }
+
+    /// `(host:port, SHA256 fingerprint)` of each jump host's key, first hop first.
+    pub fn jump_host_keys(&self) -> &[(String, String)] {
+        &self.remote.jump_keys
     }
 
     pub fn stats(&self) -> Stats {
@@ -284,7 +297,7 @@ impl Sftp {
             let f = &f;
             async move {
                 let channel = conn.channel().await?;
-                f(channel.clone()).await.inspect_err(|e| channel.saw(e))
+                channel.guard(f(channel.clone())).await
             }
         })
         .await

@@ -118,17 +118,13 @@ impl Sftp {
     pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
         self.retry(|conn| async move {
             let (channel, permit) = conn.permit(Use::Listing).await?;
-            let handle = channel
-                .raw
-                .opendir(path)
-                .await
-                .inspect_err(|e| channel.saw(e))?
-                .handle;
+            let handle = channel.guard(channel.raw.opendir(path)).await?.handle;
             let mut entries = Vec::new();
             let result = 'listing: loop {
                 // join_all polls in order, so the requests go out (and are answered) in order.
                 let batch = futures::future::join_all(
-                    (0..READDIR_PIPELINE).map(|_| channel.raw.readdir(handle.as_str())),
+                    (0..READDIR_PIPELINE)
+                        .map(|_| channel.guard(channel.raw.readdir(handle.as_str()))),
                 )
                 .await;
                 for r in batch {
@@ -148,10 +144,7 @@ impl Sftp {
                         {
                             break 'listing Ok(entries);
                         }
-                        Err(e) => {
-                            channel.saw(&e);
-                            break 'listing Err(e);
-                        }
+                        Err(e) => break 'listing Err(e),
                     }
                 }
             };
@@ -160,7 +153,7 @@ impl Sftp {
             // handles than we count.
             let closing = Arc::clone(&channel);
             tokio::spawn(async move {
-                let _ = closing.raw.close(handle).await;
+                let _ = closing.guard(closing.raw.close(handle)).await;
                 drop(permit);
             });
             result

@@ -419,27 +419,55 @@ impl Mount {
             si.write_all(s.as_bytes()).unwrap();
             // stdin is closed here (dropped), as a pipe would be after one line.
         }
-        let mut m = Mount {
+        Mount {
             dir,
             mountpoint,
             child: Some(child),
             stderr_path,
-        };
+        }
+        .wait_mounted(remote)
+    }
+
+    /// `docker-volume-sshfs mount ARGS... REMOTE MOUNTPOINT` with changes to the environment
+    /// (`None` removes a variable: HOME, SSH_AUTH_SOCK); panics like [`Mount::new`].
+    pub fn with_env(args: &[&str], remote: &str, env: &[(&str, Option<&str>)]) -> Mount {
+        let dir = TempDir::new("mnt");
+        let mountpoint = dir.path().join("m");
+        fs::create_dir(&mountpoint).unwrap();
+        let stderr_path = dir.path().join("mount.stderr");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount").args(args).arg(remote).arg(&mountpoint);
+        set_env(&mut cmd, env);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr_path).unwrap());
+        let child = cmd.spawn().expect("spawn the mount command");
+        Mount {
+            dir,
+            mountpoint,
+            child: Some(child),
+            stderr_path,
+        }
+        .wait_mounted(remote)
+    }
+
+    /// Waits for the mount to appear; panics with the command's stderr if it exits or times out.
+    fn wait_mounted(mut self, remote: &str) -> Mount {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
-            if is_mounted(&m.mountpoint) {
-                return m;
+            if is_mounted(&self.mountpoint) {
+                return self;
             }
-            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                let err = m.stderr();
-                m.child = None;
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let err = self.stderr();
+                self.child = None;
                 panic!("mount command exited with {st} before mounting {remote}: {err}");
             }
             if Instant::now() > deadline {
                 panic!(
                     "mount of {remote} did not appear at {} within {MOUNT_TIMEOUT:?}; stderr: {}",
-                    m.mountpoint.display(),
-                    m.stderr()
+                    self.mountpoint.display(),
+                    self.stderr()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -551,14 +579,34 @@ pub fn mount_expect_failure(
     stdin: Option<&str>,
     timeout: Duration,
 ) -> Failed {
+    mount_expect_failure_env(args, remote, stdin, &[], timeout)
+}
+
+/// Sets (`Some`) or removes (`None`) environment variables of a command.
+fn set_env(cmd: &mut Command, env: &[(&str, Option<&str>)]) {
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+}
+
+/// [`mount_expect_failure`] with changes to the environment (see [`Mount::with_env`]).
+pub fn mount_expect_failure_env(
+    args: &[&str],
+    remote: &str,
+    stdin: Option<&str>,
+    env: &[(&str, Option<&str>)],
+    timeout: Duration,
+) -> Failed {
     let dir = TempDir::new("fail");
     let mountpoint = dir.path().join("m");
     fs::create_dir(&mountpoint).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("mount")
-        .args(args)
-        .arg(remote)
-        .arg(&mountpoint)
+    let mut cmd = Command::new(BIN);
+    cmd.arg("mount").args(args).arg(remote).arg(&mountpoint);
+    set_env(&mut cmd, env);
+    let mut child = cmd
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

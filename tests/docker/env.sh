@@ -10,6 +10,8 @@ case $SSHFS_PLUGIN in *:*) ;; *) SSHFS_PLUGIN=$SSHFS_PLUGIN:latest ;; esac
 # The test SSH server: host networking, loopback only.
 export SSHFS_TEST_HOST=127.0.0.1
 export SSHFS_TEST_PORT=${SSHFS_TEST_PORT:-2222}
+# A second server of the same image that tests/plugin_jump.rs starts as a jump host (ProxyJump).
+export SSHFS_TEST_JUMP_PORT=${SSHFS_TEST_JUMP_PORT:-2223}
 export SSHFS_TEST_PASSWORD=${SSHFS_TEST_PASSWORD:-tester-secret}
 export SSHFS_TEST_ROOT_PASSWORD=${SSHFS_TEST_ROOT_PASSWORD:-root-secret}
 # The server's SFTP implementation: internal (internal-sftp) or server (/usr/lib/openssh/sftp-server).
@@ -28,3 +30,11 @@ export SSHFS_TEST_REGISTRY_PORT=${SSHFS_TEST_REGISTRY_PORT:-5000}
 # 1: build the arm64 and armv7 bundles and run their binaries under qemu (tests/cross_arch.rs);
 # 0: skip them (no cross compilers here).
 export SSHFS_CROSS=${SSHFS_CROSS:-1}
+# The multi-node swarm test (tests/swarm/multinode.sh): names of its network namespaces and veths
+# (PREFIX-m, PREFIX-w; at most 12 characters) and of its directories (/var/lib/PREFIX,
+# /run/PREFIX); the /24 of the veth pair (manager .1, worker .2); the ports of its registry and
+# test SSH server, inside the manager's namespace (so they never clash with the host's).
+export SSHFS_SWARM_PREFIX=${SSHFS_SWARM_PREFIX:-sshfs-swarm}
+export SSHFS_SWARM_NET=${SSHFS_SWARM_NET:-10.99.0}
+export SSHFS_SWARM_REGISTRY_PORT=${SSHFS_SWARM_REGISTRY_PORT:-5002}
+export SSHFS_SWARM_SSHD_PORT=${SSHFS_SWARM_SSHD_PORT:-2450}
