@@ -562,12 +562,18 @@ impl Driver {
     fn newer_status(&self, why: &StateError) -> Status {
         Status {
             remote: "(stored by a newer version of the plugin)".into(),
+            host: String::new(),
             port: 0,
+            user: String::new(),
+            ssh_config: None,
+            ssh_config_matched: Vec::new(),
             state: VolumeState::Failed,
             active_mounts: 0,
             last_error: Some(why.to_string()),
             last_error_at: None,
             host_key: None,
+            hostkey_revoked: None,
+            jump_hosts: Vec::new(),
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
