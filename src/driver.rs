@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use crate::mount::{self, Mounted};
 use crate::options::{self, Context, MountOptions, OptionError, StrictHostKeyChecking};
 use crate::sftp::{LinkState, Stats};
-use crate::state::{StateError, Store, VolumeRecord};
+use crate::state::{NewerRecord, StateError, Store, VolumeRecord};
 
 /// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
 /// cleaned up by us rather than left counted after dockerd stopped waiting.
@@ -55,7 +55,8 @@ pub enum DriverError {
     BadName { shown: String, why: &'static str },
     #[error(
         "volume '{0}' is not known to the sshfs plugin: create it with \
-         docker volume create -d <plugin> -o sshcmd=user@host:/path {0}"
+         docker volume create -d <plugin> -o sshcmd=user@host:/path {0}. If the plugin was just \
+         upgraded: docker plugin upgrade resets its settings, set state.source again"
     )]
     NotFound(String),
     #[error("volume '{name}': {source}")]
@@ -507,14 +508,77 @@ impl Driver {
 
     /// From local state only: dockerd forgets a volume whose Get fails after it restarts.
     pub fn get(&self, name: &str) -> Result<VolumeInfo, DriverError> {
-        let rec = self.record(name)?;
+        let rec = match self.record(name) {
+            // A volume a newer plugin version stored (after a downgrade): answered, with why it
+            // cannot be used in Status. A failed Get makes dockerd forget the volume, and a
+            // later `-v NAME:/path` would then silently create a local volume of that name.
+            Err(DriverError::State(e @ StateError::NewerSchema { .. })) => {
+                if let Some(newer) = self
+                    .store
+                    .list_newer()?
+                    .into_iter()
+                    .find(|r| r.name == name)
+                {
+                    let mut info = self.newer_info(newer);
+                    info.status = Some(self.newer_status(&e));
+                    return Ok(info);
+                }
+                return Err(e.into());
+            }
+            r => r?,
+        };
         let mut info = self.info(&rec);
         info.status = Some(self.status(&rec));
         Ok(info)
     }
 
     pub fn list(&self) -> Result<Vec<VolumeInfo>, DriverError> {
-        Ok(self.store.list()?.iter().map(|r| self.info(r)).collect())
+        let mut out: Vec<VolumeInfo> = self.store.list()?.iter().map(|r| self.info(r)).collect();
+        // Records of a newer plugin (a downgrade) stay visible; Mount says to upgrade.
+        out.extend(
+            self.store
+                .list_newer()?
+                .into_iter()
+                .map(|r| self.newer_info(r)),
+        );
+        Ok(out)
+    }
+
+    fn newer_info(&self, rec: NewerRecord) -> VolumeInfo {
+        VolumeInfo {
+            mountpoint: self
+                .volumes_dir
+                .join(&rec.dir)
+                .to_string_lossy()
+                .into_owned(),
+            created_at: rec
+                .created_at
+                .filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+            name: rec.name,
+            status: None,
+        }
+    }
+
+    fn newer_status(&self, why: &StateError) -> Status {
+        Status {
+            remote: "(stored by a newer version of the plugin)".into(),
+            host: String::new(),
+            port: 0,
+            user: String::new(),
+            ssh_config: None,
+            ssh_config_matched: Vec::new(),
+            state: VolumeState::Failed,
+            active_mounts: 0,
+            last_error: Some(why.to_string()),
+            last_error_at: None,
+            host_key: None,
+            hostkey_revoked: None,
+            jump_hosts: Vec::new(),
+            bytes_read: 0,
+            bytes_written: 0,
+            reconnects: 0,
+            plugin_version: crate::version::VERSION,
+        }
     }
 
     fn info(&self, rec: &VolumeRecord) -> VolumeInfo {
@@ -569,7 +633,7 @@ impl Driver {
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
-            plugin_version: env!("CARGO_PKG_VERSION"),
+            plugin_version: crate::version::VERSION,
         };
         match &opts {
             Ok((o, _)) => revocations(o, rec, &mut st),
@@ -1090,6 +1154,40 @@ mod tests {
         // Removing again (dockerd and the plugin disagree) is not an error.
         drv.remove("v").await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// After a downgrade: Get answers from what every schema keeps (a failed Get makes dockerd
+    /// forget the volume), Status and Mount say to upgrade, Remove refuses.
+    #[tokio::test]
+    async fn a_volume_of_a_newer_schema_is_listed_and_refused() {
+        let d = std::env::temp_dir().join(format!("dvs-driver-newer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        {
+            let db = sled::open(d.join("state/docker-volume-sshfs.sled")).unwrap();
+            let record = serde_json::json!({"schema": crate::state::SCHEMA + 1, "name": "nv",
+                "dir": "nv-dir", "created_at": "2030-01-01T00:00:00Z", "new_shape": [1]});
+            let tree = db.open_tree("volumes").unwrap();
+            tree.insert("nv", serde_json::to_vec(&record).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let drv = Driver::new(Store::open(&d.join("state")).unwrap(), d.join("volumes"));
+        drv.startup().await; // Mount waits for it
+        let listed: Vec<String> = drv.list().unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(listed, ["nv"]);
+        let info = drv.get("nv").expect("Get must answer");
+        assert_eq!(info.mountpoint, d.join("volumes/nv-dir").to_string_lossy());
+        let status = serde_json::to_string(&info.status).unwrap();
+        assert!(status.contains(r#""state":"failed""#), "{status}");
+        assert!(status.contains("newer version of the plugin"), "{status}");
+        for e in [
+            drv.mount("nv", "c1").await.unwrap_err(),
+            drv.remove("nv").await.unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("docker plugin upgrade"), "{e}");
+        }
+        drop(drv);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[tokio::test]

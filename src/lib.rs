@@ -23,3 +23,4 @@ pub mod ssh;
 pub mod ssh_auth;
 pub mod ssh_config;
 pub mod state;
+pub mod version;

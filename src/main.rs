@@ -10,7 +10,7 @@ use docker_volume_sshfs::cmd;
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = docker_volume_sshfs::version::VERSION,
     about = "Docker volume plugin and mount command for remote directories over SSH"
 )]
 struct Cli {

@@ -3,9 +3,10 @@
 //! key), flushed to disk on every change, and one secret file per volume that has a password
 //! or passphrase.
 //!
-//! Records are JSON so that a newer plugin can still read an older record: everything that may
-//! change shape is optional or re-derived from the raw options the user gave; fields that are
-//! no longer written (the parsed `options` of older versions) are ignored.
+//! Records are JSON tagged with a schema version (`schema`, see its history there): opening
+//! the store brings every older record up to the current version and writes it back, so a
+//! plugin upgrade keeps every volume; a record of a newer version (after a downgrade) is
+//! refused with an error saying so, listed, and never overwritten.
 //!
 //! Secrets never enter sled: it appends every version of a value to its log and keeps old
 //! segments until it happens to compact them, so a removed key's bytes stay on disk for an
@@ -25,6 +26,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::{Secret, is_secret_option};
+
+mod schema;
+pub use schema::CURRENT as SCHEMA;
 
 /// Name of the sled database directory inside the state dir.
 const DB_DIR: &str = "docker-volume-sshfs.sled";
@@ -51,6 +55,14 @@ pub enum StateError {
         "the stored record of volume '{name}' is damaged ({reason}); remove and recreate the volume"
     )]
     Decode { name: String, reason: String },
+    #[error(
+        "volume '{name}' was stored by a newer version of the plugin (state schema {found}; this \
+         plugin, version {version}, reads schemas up to {supported}). Nothing was changed: \
+         upgrade the plugin again (docker plugin upgrade) to use or remove the volume",
+        version = crate::version::VERSION,
+        supported = SCHEMA
+    )]
+    NewerSchema { name: String, found: u32 },
     #[error(
         "cannot encode the record of volume '{name}' for storing ({reason}); nothing was changed. \
          This is a bug in the plugin: please report it"
@@ -186,6 +198,18 @@ struct Located {
     dir: String,
 }
 
+/// What every schema version keeps (see `schema`): enough to list a record of a newer
+/// version that this build cannot read whole.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct NewerRecord {
+    pub name: String,
+    pub dir: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(skip)]
+    pub schema: u32,
+}
+
 /// The sled database and the secret files. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct Store {
@@ -246,6 +270,7 @@ impl Store {
             secrets_dir,
         };
         store.remove_orphan_secrets();
+        store.upgrade_older_records();
         Ok(store)
     }
 
@@ -256,8 +281,9 @@ impl Store {
         }
     }
 
-    /// Every volume whose record can be read, in name order. A damaged record is logged and left
-    /// out rather than failing the whole list.
+    /// Every volume whose record can be read, in name order. A damaged record, or one of a
+    /// newer schema (see [`Store::list_newer`]), is logged and left out rather than failing the
+    /// whole list.
     pub fn list(&self) -> Result<Vec<VolumeRecord>, StateError> {
         let mut out = Vec::new();
         for item in self.volumes.iter() {
@@ -266,6 +292,26 @@ impl Store {
             match decode(&name, &v) {
                 Ok(rec) => out.push(rec),
                 Err(e) => tracing::warn!(volume = %name, "skipping volume in List: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records a newer version of the plugin wrote (after a downgrade): what every schema
+    /// keeps of them, so List still shows them while Get and Mount say to upgrade.
+    pub fn list_newer(&self) -> Result<Vec<NewerRecord>, StateError> {
+        let mut out = Vec::new();
+        for item in self.volumes.iter() {
+            let (_, v) = item?;
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&v) else {
+                continue;
+            };
+            if let Ok(found) = schema::version_of(&value)
+                && found > SCHEMA
+                && let Ok(mut rec) = serde_json::from_value::<NewerRecord>(value)
+            {
+                rec.schema = found;
+                out.push(rec);
             }
         }
         Ok(out)
@@ -287,7 +333,7 @@ impl Store {
             self.write_secrets(&stored, &all)?;
             stored.secret_options = all.into_keys().collect();
         }
-        let bytes = serde_json::to_vec(&stored).map_err(|e| StateError::Encode {
+        let bytes = schema::encode(&stored).map_err(|e| StateError::Encode {
             name: rec.name.clone(),
             reason: e.to_string(),
         })?;
@@ -402,6 +448,33 @@ impl Store {
         })
     }
 
+    /// Writes every record of an older schema back in the current one (moving any secret value
+    /// still in it to its secret file). A record that cannot be upgraded is logged and left as
+    /// it is: Get and Mount report why.
+    fn upgrade_older_records(&self) {
+        // Collected first: the loop writes to the tree it reads.
+        let records: Result<Vec<_>, _> = self.volumes.iter().collect();
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!("cannot check the records' schema versions: {e}"),
+        };
+        for (k, v) in records {
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match decode_versioned(&name, &v) {
+                Ok((rec, from)) if from < SCHEMA => match self.put(&rec) {
+                    Ok(()) => tracing::info!(
+                        volume = %name, from, to = SCHEMA, "upgraded the stored record"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(volume = %name, "cannot upgrade the stored record: {e}")
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!(volume = %name, "{e}"),
+            }
+        }
+    }
+
     /// Overwrites and deletes the secret files that no record points to: leftovers of a Create
     /// or a write interrupted by a crash. Failures are logged: they must not stop the plugin.
     fn remove_orphan_secrets(&self) {
@@ -434,11 +507,28 @@ impl Store {
     }
 }
 
+/// A stored record, brought up to the current schema (in memory: `put` stores it so).
 fn decode(name: &str, bytes: &[u8]) -> Result<VolumeRecord, StateError> {
-    serde_json::from_slice(bytes).map_err(|e| StateError::Decode {
+    decode_versioned(name, bytes).map(|(rec, _)| rec)
+}
+
+/// Like [`decode`], also returning the schema version the record was stored with.
+fn decode_versioned(name: &str, bytes: &[u8]) -> Result<(VolumeRecord, u32), StateError> {
+    let damaged = |reason: String| StateError::Decode {
         name: name.to_string(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| damaged(e.to_string()))?;
+    let from = schema::upgrade(&mut value).map_err(|e| match e {
+        schema::Refused::Newer(found) => StateError::NewerSchema {
+            name: name.to_string(),
+            found,
+        },
+        schema::Refused::Damaged(reason) => damaged(reason),
+    })?;
+    let rec = serde_json::from_value(value).map_err(|e| damaged(e.to_string()))?;
+    Ok((rec, from))
 }
 
 /// Creates or truncates `path` (0600), writes `bytes` and waits until they are on disk.
@@ -656,6 +746,102 @@ mod tests {
         assert_eq!(
             (all["password"].as_str(), all["sshcmd"].as_str()),
             (pw.as_str(), "u@h:/x")
+        );
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The raw JSON sled holds for `name`.
+    fn stored_json(s: &Store, name: &str) -> serde_json::Value {
+        serde_json::from_slice(&s.volumes.get(name).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn unversioned_records_are_upgraded_at_open() {
+        let d = temp_dir("upgrade");
+        let (pw_old, pw_today) = (marker("oldest"), marker("today"));
+        {
+            let s = Store::open(&d).unwrap();
+            // The oldest shape (b7644f1): password in raw_options, parsed options.
+            s.volumes
+                .insert("oldest", old_shape_record("oldest", &pw_old))
+                .unwrap();
+            // Today's shape before versioning: as put writes it, without `schema`.
+            let mut r = record_with("today", &[("sshcmd", "u@h:/t"), ("password", &pw_today)]);
+            r.host_key = Some("SHA256:pinned".into());
+            r.mounts.add("c1");
+            s.put(&r).unwrap();
+            let mut v = stored_json(&s, "today");
+            v.as_object_mut().unwrap().remove("schema").unwrap();
+            s.volumes
+                .insert("today", serde_json::to_vec(&v).unwrap())
+                .unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(&d).unwrap();
+        for (name, pw, key) in [
+            ("oldest", &pw_old, "SHA256:abc"),
+            ("today", &pw_today, "SHA256:pinned"),
+        ] {
+            let v = stored_json(&s, name);
+            assert_eq!(v["schema"], serde_json::json!(SCHEMA), "{name}: {v}");
+            assert!(v.get("options").is_none(), "{name}: {v}");
+            assert!(!v.to_string().contains(pw.as_str()), "{name}: {v}");
+            let r = s.get(name).unwrap().unwrap();
+            assert_eq!(r.host_key.as_deref(), Some(key), "{name}");
+            assert_eq!(r.mounts.total(), 1, "{name}");
+            assert_eq!(
+                s.options_with_secrets(&r).unwrap()["password"],
+                *pw,
+                "{name}"
+            );
+        }
+        assert_eq!(s.list().unwrap().len(), 2);
+        drop(s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_a_clear_error_and_never_overwritten() {
+        let d = temp_dir("newer");
+        let newer = serde_json::json!({
+            "schema": SCHEMA + 1, "name": "future", "dir": "future-dir",
+            "created_at": "2030-01-01T00:00:00Z", "shape": {"unknown": true}
+        });
+        {
+            let s = Store::open(&d).unwrap();
+            s.put(&record("kept")).unwrap();
+            s.volumes
+                .insert("future", serde_json::to_vec(&newer).unwrap())
+                .unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(&d).unwrap();
+        assert_eq!(stored_json(&s, "future"), newer, "open left it untouched");
+        let e = s
+            .get("future")
+            .err()
+            .expect("a newer record must not decode");
+        assert!(matches!(e, StateError::NewerSchema { found, .. } if found == SCHEMA + 1));
+        let e = e.to_string();
+        for needed in [
+            "'future'",
+            "newer version",
+            "docker plugin upgrade",
+            "Nothing was changed",
+        ] {
+            assert!(e.contains(needed), "{needed}: {e}");
+        }
+        let names: Vec<String> = s.list().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["kept"]);
+        assert_eq!(
+            s.list_newer().unwrap(),
+            [NewerRecord {
+                name: "future".into(),
+                dir: "future-dir".into(),
+                created_at: Some("2030-01-01T00:00:00Z".into()),
+                schema: SCHEMA + 1,
+            }]
         );
         drop(s);
         fs::remove_dir_all(&d).unwrap();

@@ -10,6 +10,7 @@
 #   SSHFS_KEEP_SSHD=1             leave the test SSH server running afterwards
 #   SSHFS_PLUGIN_SETTINGS="k=v.." `docker plugin set` settings applied at install, e.g. a separate
 #                                 state.source when another instance of the plugin runs here
+#   SSHFS_CROSS=0                 skip the arm64/armv7 bundles and their qemu tests
 #   SSHFS_SWARM=0|1               skip / force tests/swarm/multinode.sh (default: run it when no
 #                                 cargo arguments are given)
 # It starts from whatever Docker state it finds: leftovers of earlier runs (containers, volumes,
@@ -83,6 +84,14 @@ if [[ ${SSHFS_SKIP_PLUGIN_INSTALL:-0} != 1 ]]; then
 fi
 [[ "$(docker plugin inspect -f '{{.Enabled}}' "$SSHFS_PLUGIN" 2>/dev/null)" == true ]] ||
     die "plugin $SSHFS_PLUGIN is not installed and enabled"
+
+if [[ $SSHFS_CROSS == 1 ]]; then
+    # The foreign-arch bundles whose binaries tests/cross_arch.rs runs under qemu-user.
+    for arch in arm64 armv7; do
+        log "building the $arch bundle (SSHFS_CROSS=0 skips this)"
+        ./build-rootfs.sh --arch "$arch"
+    done
+fi
 
 # dockerd's log carries the plugin's output; the DEBUG test checks it for secrets. Find it when
 # dockerd writes to a plain file (as .ci/run starts it).

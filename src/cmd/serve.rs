@@ -78,7 +78,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         socket = %args.socket.display(),
         state = %args.state_dir.display(),
         volumes = %args.volumes_dir.display(),
-        version = env!("CARGO_PKG_VERSION"),
+        version = %crate::version::VERSION,
         "listening"
     );
     tokio::spawn({

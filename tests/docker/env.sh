@@ -25,6 +25,11 @@ export SSHFS_TEST_SSHD_IMAGE=${SSHFS_TEST_SSHD_IMAGE:-sshfs-test/sshd:latest}
 # docker-compose project and container name of the test SSH server.
 export SSHFS_TEST_PROJECT=${SSHFS_TEST_PROJECT:-sshfs-test}
 export SSHFS_TEST_SSHD_CONTAINER=${SSHFS_TEST_SSHD_CONTAINER:-sshfs-test-sshd}
+# The throwaway registry of the install/upgrade test (tests/e2e/registry.rs), on 127.0.0.1.
+export SSHFS_TEST_REGISTRY_PORT=${SSHFS_TEST_REGISTRY_PORT:-5000}
+# 1: build the arm64 and armv7 bundles and run their binaries under qemu (tests/cross_arch.rs);
+# 0: skip them (no cross compilers here).
+export SSHFS_CROSS=${SSHFS_CROSS:-1}
 # The multi-node swarm test (tests/swarm/multinode.sh): names of its network namespaces and veths
 # (PREFIX-m, PREFIX-w; at most 12 characters) and of its directories (/var/lib/PREFIX,
 # /run/PREFIX); the /24 of the veth pair (manager .1, worker .2); the ports of its registry and

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use docker_volume_sshfs::mount::mount_table;
 
+pub mod registry;
+
 /// Longer than dockerd's own 2-minute Create/Mount timeout, so dockerd's error is what we see.
 pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(150);
 /// The label every container started by these tests carries (for cleanup by tests/run.sh).

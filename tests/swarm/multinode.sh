@@ -199,6 +199,8 @@ trap on_exit EXIT
 
 log "building the plugin bundle and the test images"
 ./build-rootfs.sh >/dev/null
+# build-rootfs.sh puts this machine's bundle in plugin/<arch>/.
+case "$(uname -m)" in aarch64) BUNDLE=plugin/arm64 ;; armv7l) BUNDLE=plugin/armv7 ;; *) BUNDLE=plugin/amd64 ;; esac
 tests/docker/images.sh
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ wait_for 30 "the test SSH server answering on $M_ADDR:$SSHD_PORT (from the worke
 log "pushing $PUSH_REF"
 # Through the manager's engine: the registry is reachable only inside the namespaces (a push
 # helper using the docker CLI works the same with DOCKER_HOST=unix://$RUN/m/docker.sock).
-dk m plugin create "$PUSH_REF" plugin/ >/dev/null
+dk m plugin create "$PUSH_REF" "$BUNDLE" >/dev/null
 dk m plugin push "$PUSH_REF" >/dev/null
 dk m plugin rm -f "$PUSH_REF" >/dev/null
 for node in m w; do
