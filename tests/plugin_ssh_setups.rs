@@ -9,14 +9,17 @@
 //! Every test changes plugin settings: all are `Kind::Exclusive`.
 //! Run with SSHFS_E2E=1 against an installed plugin (see tests/README.md); skips without it.
 
+#[path = "common/agent.rs"]
+mod agent;
 mod common;
 mod e2e;
 
 use std::fs;
+
+use agent::Agent;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use e2e::{Ctx, Kind, RemoveDir, assert_mentions, docker, setup};
 
@@ -111,72 +114,6 @@ fn host_alias_in_the_sshkey_config() {
         "missing ssh_config",
     );
     assert_mentions(&out.stderr, "sshkey", "missing ssh_config");
-}
-
-/// A running `ssh-agent -D -a DIR/agent.sock` holding one key, killed on drop.
-struct Agent {
-    child: Option<Child>,
-    socket: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path) -> Agent {
-        let socket = dir.join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ssh-agent");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "ssh-agent made no socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent {
-            child: Some(child),
-            socket,
-        }
-    }
-
-    /// Loads a copy of `key` with ssh-add and deletes the copy: the key lives in the agent only.
-    fn add_and_delete(&self, key: &Path) {
-        let copy = self.socket.with_file_name("loaded_key");
-        fs::copy(key, &copy).unwrap();
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)).unwrap();
-        common::run(
-            Command::new("ssh-add")
-                .arg(&copy)
-                .env("SSH_AUTH_SOCK", &self.socket)
-                .stderr(Stdio::null()),
-        );
-        fs::remove_file(&copy).unwrap();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM: the agent removes its socket and exits.
-    fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// `docker plugin set sshagent.source=SOCKET`, then `=DIR` (the directory holding it): a key

@@ -4,13 +4,17 @@
 //! (SSH_AUTH_SOCK), and a user certificate signed by a CA the server trusts
 //! (`TrustedUserCAKeys`), with no plain key authorised.
 
+#[path = "common/agent.rs"]
+mod agent;
 mod common;
 
 use std::fs;
+
+use agent::Agent;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::{Mount, Sshd, TempDir, mount_expect_failure_env, run};
 
@@ -28,57 +32,6 @@ fn keygen(path: &Path) {
     run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "dvs-sshcfg", "-f"])
         .arg(path));
-}
-
-/// A running `ssh-agent -D -a SOCKET`, killed on drop.
-struct Agent {
-    child: Option<Child>,
-    pub socket: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path) -> Agent {
-        let socket = dir.join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ssh-agent");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "ssh-agent made no socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent {
-            child: Some(child),
-            socket,
-        }
-    }
-
-    /// `ssh-add KEY` (also loads `KEY-cert.pub` when it is there, as ssh-add does).
-    fn add(&self, key: &Path) {
-        run(Command::new("ssh-add")
-            .arg(key)
-            .env("SSH_AUTH_SOCK", &self.socket)
-            .stderr(Stdio::null()));
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -247,7 +200,7 @@ fn agent_key_via_ssh_auth_sock() {
         "{}",
         f.stderr
     );
-    agent.stop();
+    agent.kill();
     let f = mount_expect_failure_env(
         &args,
         &remote,
