@@ -147,9 +147,8 @@ pub struct Status {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub jump_hosts: Vec<JumpHostStatus>,
     /// Totals since the plugin started, over every mount of the volume.
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub reconnects: u64,
+    #[serde(flatten)]
+    pub totals: Totals,
     /// The plugin's version (`docker-volume-sshfs --version`).
     pub plugin_version: &'static str,
 }
@@ -202,19 +201,45 @@ struct MountState {
     earlier: Totals,
 }
 
-/// Byte and reconnect counts of a volume, summed over its mounts.
-#[derive(Debug, Default, Clone, Copy)]
-struct Totals {
-    bytes_read: u64,
-    bytes_written: u64,
-    reconnects: u64,
+/// Byte, request and reconnect counts of a volume, summed over its mounts.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Totals {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// SFTP requests sent (round trips per file, for the benchmark: requests / files).
+    pub requests: u64,
+    pub reconnects: u64,
 }
 
 impl Totals {
     fn add(&mut self, s: &Stats) {
         self.bytes_read += s.bytes_read;
         self.bytes_written += s.bytes_written;
+        self.requests += s.requests;
         self.reconnects += s.reconnects;
+    }
+}
+
+impl Status {
+    /// The Status of an idle volume of `remote`, before what the options and the mount add.
+    fn idle(remote: String) -> Status {
+        Status {
+            remote,
+            host: String::new(),
+            port: 0,
+            user: String::new(),
+            ssh_config: None,
+            ssh_config_matched: Vec::new(),
+            state: VolumeState::Idle,
+            active_mounts: 0,
+            last_error: None,
+            last_error_at: None,
+            host_key: None,
+            hostkey_revoked: None,
+            jump_hosts: Vec::new(),
+            totals: Totals::default(),
+            plugin_version: crate::version::VERSION,
+        }
     }
 }
 
@@ -561,23 +586,9 @@ impl Driver {
 
     fn newer_status(&self, why: &StateError) -> Status {
         Status {
-            remote: "(stored by a newer version of the plugin)".into(),
-            host: String::new(),
-            port: 0,
-            user: String::new(),
-            ssh_config: None,
-            ssh_config_matched: Vec::new(),
             state: VolumeState::Failed,
-            active_mounts: 0,
             last_error: Some(why.to_string()),
-            last_error_at: None,
-            host_key: None,
-            hostkey_revoked: None,
-            jump_hosts: Vec::new(),
-            bytes_read: 0,
-            bytes_written: 0,
-            reconnects: 0,
-            plugin_version: crate::version::VERSION,
+            ..Status::idle("(stored by a newer version of the plugin)".into())
         }
     }
 
@@ -617,23 +628,14 @@ impl Driver {
             Err(_) => (None, Vec::new()),
         };
         let mut st = Status {
-            remote,
             host,
             port,
             user,
             ssh_config,
             ssh_config_matched,
-            state: VolumeState::Idle,
             active_mounts: rec.mounts.total(),
-            last_error: None,
-            last_error_at: None,
             host_key: rec.host_key.clone(),
-            hostkey_revoked: None,
-            jump_hosts: Vec::new(),
-            bytes_read: 0,
-            bytes_written: 0,
-            reconnects: 0,
-            plugin_version: crate::version::VERSION,
+            ..Status::idle(remote)
         };
         match &opts {
             Ok((o, _)) => revocations(o, rec, &mut st),
@@ -673,9 +675,7 @@ impl Driver {
         } else if state.failed {
             st.state = VolumeState::Failed;
         }
-        st.bytes_read = totals.bytes_read;
-        st.bytes_written = totals.bytes_written;
-        st.reconnects = totals.reconnects;
+        st.totals = totals;
         st
     }
 
@@ -1019,23 +1019,9 @@ mod tests {
         rec.host_key = Some(fp(K1));
         rec.jump_host_keys.insert("gw:2222".into(), fp(K2));
         let mut st = Status {
-            remote: String::new(),
-            host: String::new(),
             port: 22,
-            user: String::new(),
-            ssh_config: None,
-            ssh_config_matched: Vec::new(),
-            state: VolumeState::Idle,
-            active_mounts: 0,
-            last_error: None,
-            last_error_at: None,
             host_key: rec.host_key.clone(),
-            hostkey_revoked: None,
-            jump_hosts: Vec::new(),
-            bytes_read: 0,
-            bytes_written: 0,
-            reconnects: 0,
-            plugin_version: "test",
+            ..Status::idle(String::new())
         };
         revocations(&o, &rec, &mut st);
         assert_eq!(st.hostkey_revoked, Some(format!("{} line 3", kh.display())));

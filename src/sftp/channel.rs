@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -72,6 +72,9 @@ struct Health {
     deaths: Mutex<DeathLog>,
     /// Set once channels kept dying: the supervisor replaces the connection.
     condemned: AtomicBool,
+    /// Requests sent, counted for the whole mount (it outlives the connection): Status shows
+    /// it, and the benchmark divides it by files for round trips per file.
+    requests: Arc<AtomicU64>,
 }
 
 /// One SFTP channel (a separate sftp-server process on the far side) and the handle permits
@@ -141,6 +144,7 @@ impl Channel {
         &self,
         request: impl Future<Output = RawResult<T>>,
     ) -> RawResult<T> {
+        self.health.requests.fetch_add(1, Ordering::Relaxed);
         let mut ended = self.ended.subscribe();
         let result = tokio::select! {
             biased;
@@ -212,8 +216,12 @@ impl Conn {
         ssh: ssh::Connection,
         first: RawSftpSession,
         handle_wait: Duration,
+        requests: Arc<AtomicU64>,
     ) -> Conn {
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health {
+            requests,
+            ..Health::default()
+        });
         Conn {
             generation,
             ssh,

@@ -63,6 +63,8 @@ pub struct Stats {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub reconnects: u64,
+    /// SFTP requests sent.
+    pub requests: u64,
     pub state: LinkState,
     pub last_error: Option<String>,
 }
@@ -98,6 +100,8 @@ struct Remote {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     reconnects: AtomicU64,
+    /// SFTP requests sent over every connection (each channel counts into it).
+    requests: Arc<AtomicU64>,
     last_error: Mutex<Option<String>>,
     posix_rename: bool,
     /// The server announced `lsetstat@openssh.com` (see `Sftp::lsetstat`).
@@ -117,7 +121,8 @@ impl Sftp {
     /// Connects, authenticates, checks the host key and resolves the remote root directory.
     /// Fails with a message that says what to fix (wrong password, unknown host key, ...).
     pub async fn connect(opts: &MountOptions) -> Result<Sftp, ConnectError> {
-        let (conn, features) = establish(opts, 1).await?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let (conn, features) = establish(opts, 1, requests.clone()).await?;
         let fingerprint = conn.ssh.host_key_fingerprint().to_string();
         let jump_keys = conn.ssh.jump_host_keys();
         let root = ops::resolve_root(&conn, &opts.remote.path).await?;
@@ -143,6 +148,7 @@ impl Sftp {
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            requests,
             last_error: Mutex::new(None),
             posix_rename: features.posix_rename,
             lsetstat: features.lsetstat,
@@ -186,6 +192,7 @@ impl Sftp {
             bytes_read: self.remote.bytes_read.load(Ordering::Relaxed),
             bytes_written: self.remote.bytes_written.load(Ordering::Relaxed),
             reconnects: self.remote.reconnects.load(Ordering::Relaxed),
+            requests: self.remote.requests.load(Ordering::Relaxed),
             state,
             last_error: self.remote.last_error.lock().clone(),
         }
