@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::mount::{self, Mounted};
 use crate::options::{self, Context, MountOptions, OptionError, StrictHostKeyChecking};
-use crate::sftp::{LinkState, Stats};
+use crate::sftp::{Counters, LinkState};
 use crate::state::{NewerRecord, StateError, Store, VolumeRecord};
 
 /// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
@@ -148,7 +148,7 @@ pub struct Status {
     pub jump_hosts: Vec<JumpHostStatus>,
     /// Totals since the plugin started, over every mount of the volume.
     #[serde(flatten)]
-    pub totals: Totals,
+    pub totals: Counters,
     /// The plugin's version (`docker-volume-sshfs --version`).
     pub plugin_version: &'static str,
 }
@@ -198,26 +198,7 @@ struct MountState {
     failed: bool,
     last_error: Option<(String, String)>,
     /// What earlier mounts of the volume (since the plugin started) transferred.
-    earlier: Totals,
-}
-
-/// Byte, request and reconnect counts of a volume, summed over its mounts.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct Totals {
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    /// SFTP requests sent (round trips per file, for the benchmark: requests / files).
-    pub requests: u64,
-    pub reconnects: u64,
-}
-
-impl Totals {
-    fn add(&mut self, s: &Stats) {
-        self.bytes_read += s.bytes_read;
-        self.bytes_written += s.bytes_written;
-        self.requests += s.requests;
-        self.reconnects += s.reconnects;
-    }
+    earlier: Counters,
 }
 
 impl Status {
@@ -237,7 +218,7 @@ impl Status {
             host_key: None,
             hostkey_revoked: None,
             jump_hosts: Vec::new(),
-            totals: Totals::default(),
+            totals: Counters::default(),
             plugin_version: crate::version::VERSION,
         }
     }
@@ -254,7 +235,7 @@ impl MountState {
     fn take_mount(&mut self) -> Option<Arc<Mounted>> {
         self.generation += 1;
         let m = self.mounted.take()?;
-        self.earlier.add(&m.stats());
+        self.earlier.add(&m.stats().counters);
         Some(m)
     }
 
@@ -662,7 +643,7 @@ impl Driver {
             } else {
                 VolumeState::Mounted
             };
-            totals.add(&s);
+            totals.add(&s.counters);
             if let Some(e) = s.last_error {
                 st.last_error = Some(e);
                 st.last_error_at = None;
@@ -1051,6 +1032,24 @@ mod tests {
         let json = serde_json::to_value(&st).unwrap();
         assert_eq!(json["jump_hosts"][0]["hostkey"], gw_pin.as_str());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn status_shows_the_counters_at_top_level() {
+        // Scripts read `.Status.bytes_read` etc.: the counters keep their names and place.
+        let mut st = Status::idle(String::new());
+        st.totals.add(&Counters {
+            bytes_read: 1,
+            bytes_written: 2,
+            requests: 3,
+            reconnects: 4,
+        });
+        let json = serde_json::to_value(&st).unwrap();
+        let shown: Vec<_> = ["bytes_read", "bytes_written", "requests", "reconnects"]
+            .iter()
+            .map(|k| json[k].as_u64())
+            .collect();
+        assert_eq!(shown, [Some(1), Some(2), Some(3), Some(4)], "{json}");
     }
 
     #[test]

@@ -57,14 +57,30 @@ pub enum LinkState {
     Closed,
 }
 
+/// What a mount transferred and sent; the driver sums them over a volume's mounts.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Counters {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// SFTP requests sent: the benchmark's requests per file. Pipelined requests share a
+    /// round trip, so this is an upper bound on round trips.
+    pub requests: u64,
+    pub reconnects: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.bytes_read += other.bytes_read;
+        self.bytes_written += other.bytes_written;
+        self.requests += other.requests;
+        self.reconnects += other.reconnects;
+    }
+}
+
 /// Counters and state for `docker volume inspect`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Stats {
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub reconnects: u64,
-    /// SFTP requests sent.
-    pub requests: u64,
+    pub counters: Counters,
     pub state: LinkState,
     pub last_error: Option<String>,
 }
@@ -189,10 +205,12 @@ impl Sftp {
             ConnState::Closed => LinkState::Closed,
         };
         Stats {
-            bytes_read: self.remote.bytes_read.load(Ordering::Relaxed),
-            bytes_written: self.remote.bytes_written.load(Ordering::Relaxed),
-            reconnects: self.remote.reconnects.load(Ordering::Relaxed),
-            requests: self.remote.requests.load(Ordering::Relaxed),
+            counters: Counters {
+                bytes_read: self.remote.bytes_read.load(Ordering::Relaxed),
+                bytes_written: self.remote.bytes_written.load(Ordering::Relaxed),
+                requests: self.remote.requests.load(Ordering::Relaxed),
+                reconnects: self.remote.reconnects.load(Ordering::Relaxed),
+            },
             state,
             last_error: self.remote.last_error.lock().clone(),
         }
