@@ -1042,14 +1042,19 @@ mod tests {
             bytes_read: 1,
             bytes_written: 2,
             requests: 3,
+            round_trips: 5,
             reconnects: 4,
         });
         let json = serde_json::to_value(&st).unwrap();
-        let shown: Vec<_> = ["bytes_read", "bytes_written", "requests", "reconnects"]
-            .iter()
-            .map(|k| json[k].as_u64())
-            .collect();
-        assert_eq!(shown, [Some(1), Some(2), Some(3), Some(4)], "{json}");
+        let keys = [
+            "bytes_read",
+            "bytes_written",
+            "requests",
+            "round_trips",
+            "reconnects",
+        ];
+        let shown: Vec<_> = keys.iter().map(|k| json[k].as_u64()).collect();
+        assert_eq!(shown, [1, 2, 3, 5, 4].map(Some), "{json}");
     }
 
     #[test]

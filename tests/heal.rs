@@ -8,14 +8,19 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::*;
+
+/// Long enough that a request's effect shows on the server well before its reply reaches the
+/// mount (the proxy is then cut to lose the reply).
+const HEAL_RTT_MS: u32 = 200;
 
 /// Uncached, so every `ls`, stat and open goes to the server; a short reconnect_timeout so a
 /// call that cannot heal fails within seconds instead of a minute.
@@ -341,66 +346,6 @@ fn nine_hundred_sixty_one_files_open_while_listings_keep_answering() {
     }
 }
 
-/// `latency-proxy` between the mount and the server: every byte is delayed by half the round
-/// trip, so a request's effect shows on the server well before its reply reaches the mount.
-struct Proxy {
-    port: u16,
-    upstream: u16,
-    child: Child,
-}
-
-const RTT_MS: &str = "200";
-
-impl Proxy {
-    fn start(upstream: u16) -> Proxy {
-        let port = free_port();
-        let child = Proxy::spawn(port, upstream);
-        Proxy {
-            port,
-            upstream,
-            child,
-        }
-    }
-
-    fn spawn(port: u16, upstream: u16) -> Child {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_latency-proxy"))
-                .arg(format!("127.0.0.1:{port}"))
-                .arg(format!("127.0.0.1:{upstream}"))
-                .arg(RTT_MS)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start latency-proxy");
-            let mut line = String::new();
-            let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-            if line.starts_with("listening on") {
-                return child;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(Instant::now() < deadline, "latency-proxy did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Cuts every connection through the proxy at once, dropping the bytes in flight (the
-    /// reply on its way back is lost), and listens again.
-    fn cut(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Proxy::spawn(self.port, self.upstream);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits until `done` sees the call's effect on the server, then loses its reply: cuts the
 /// connection while the answer is in the proxy.
 fn lose_the_reply(sshd: &Sshd, proxy: &mut Proxy, what: &str, done: impl Fn() -> bool) {
@@ -440,7 +385,7 @@ fn exists(p: &Path) -> bool {
 #[test]
 fn calls_whose_reply_is_lost_succeed_exactly_once() {
     let sshd = Sshd::start();
-    let mut proxy = Proxy::start(sshd.port);
+    let mut proxy = Proxy::start(sshd.port, HEAL_RTT_MS);
     let opts = format!("{},{UNCACHED}", sshd.key_options());
     let m = Mount::with_stdin(proxy.port, &sshd.remote(""), &opts, None);
     let server = |rel: &str| -> PathBuf { sshd.data.join(rel) };

@@ -8,7 +8,8 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -300,4 +301,38 @@ fn chgrp_alone_reaches_the_server() {
         "the server's owner and group"
     );
     assert_eq!(fs::metadata(t.path("g")).unwrap().gid(), 4242, "as shown");
+}
+
+#[test]
+fn a_refused_fchown_on_an_open_file_is_ignored_and_the_servers_owner_shown() {
+    // GNU tar and cp -a fchown each file before closing it; that chown is sent behind the
+    // file's writes, after fchown(2) returned. A login that may not give files away gets it
+    // refused then: the call was already answered (ignored, as by path), and what the mount
+    // shows afterwards must be the server's owner, not the one asked for.
+    let sshd = Sshd::start();
+    let user = test_user_ids();
+    let m = Mount::password_user(&sshd);
+    for i in 0..3 {
+        let name = format!("f{i}");
+        let mut f = fs::File::create(m.path(&name)).unwrap();
+        f.write_all(b"data").unwrap();
+        std::os::unix::fs::fchown(&f, Some(0), Some(0))
+            .expect("a refused chown is ignored, not failed");
+        fs::set_permissions(m.path(&name), fs::Permissions::from_mode(0o640)).unwrap();
+        drop(f);
+        let server = fs::metadata(sshd.user_data.join(&name)).unwrap();
+        assert_eq!((server.uid(), server.gid()), user, "{name} on the server");
+        assert_eq!(
+            server.mode() & 0o7777,
+            0o640,
+            "{name}: the chmod after it still landed"
+        );
+        let shown = fs::metadata(m.path(&name)).unwrap();
+        assert_eq!(
+            (shown.uid(), shown.gid()),
+            user,
+            "{name} as the mount shows it"
+        );
+        assert_eq!(fs::read(sshd.user_data.join(&name)).unwrap(), b"data");
+    }
 }

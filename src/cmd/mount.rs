@@ -90,6 +90,7 @@ async fn serve_until_stopped(opts: &MountOptions, mountpoint: &Path) -> Result<(
         _ = mounted.ended() => {
             // Every file was closed (released, so flushed) before the session could end.
             tracing::info!("unmounted externally");
+            log_counters(&mounted);
             return Ok(());
         }
     }
@@ -99,8 +100,23 @@ async fn serve_until_stopped(opts: &MountOptions, mountpoint: &Path) -> Result<(
     if left > 0 {
         tracing::warn!(files = left, "stopping with changes not on the server");
     }
+    log_counters(&mounted);
     mounted
         .unmount()
         .await
         .map_err(|e| format!("unmount failed: {e}"))
+}
+
+/// What the mount sent, as Status shows it for the plugin's volumes (the benchmark and the
+/// round-trip tests read this line).
+fn log_counters(mounted: &mount::Mounted) {
+    let c = mounted.stats().counters;
+    tracing::info!(
+        requests = c.requests,
+        round_trips = c.round_trips,
+        bytes_read = c.bytes_read,
+        bytes_written = c.bytes_written,
+        reconnects = c.reconnects,
+        "traffic"
+    );
 }

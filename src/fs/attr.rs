@@ -17,6 +17,7 @@ const S_IFCHR: u32 = 0o020000;
 const S_IFBLK: u32 = 0o060000;
 const S_IFSOCK: u32 = 0o140000;
 pub const S_ISGID: u32 = 0o2000;
+pub const S_ISUID: u32 = 0o4000;
 
 /// `st_blksize`: cp and stdio size their buffers from it, and bigger FUSE writes mean fewer
 /// requests; 256 KiB keeps stdio buffers of many open files modest.

@@ -2,10 +2,10 @@
 //! failure is reported by the next write, flush, fsync or release) and adaptive read-ahead
 //! (sequential readers get the following chunks fetched in parallel before they ask).
 //!
-//! Metadata changes (chmod, utimes) to a file that is open are deferred the same way and sent
-//! as one fsetstat behind its queued writes (so an explicit mtime is not overwritten by a late
-//! write): `tar` and `cp -p` set times and mode on every file before closing it. When those
-//! writes are already on the wire on the same handle, the fsetstat follows them at once
+//! Metadata changes (chmod, chown, utimes) to a file that is open are deferred the same way and
+//! sent behind its queued writes (so an explicit mtime is not overwritten by a late write): GNU
+//! `tar` and `cp -a` set times, owner and mode on every file before closing it. When those
+//! writes are already on the wire on the same handle, the fsetstats follow them at once
 //! instead of a round trip later: sftp-server handles one channel's requests in order.
 //!
 //! Consistency rules: anything that reads file content or size from the server first waits
@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
 
+use super::attr::{S_ISGID, S_ISUID};
 use crate::sftp::{Error, File, FileAttributes};
 
 /// Read-ahead unit: one SFTP read where the server takes 128 KiB (two elsewhere), and the
@@ -56,8 +57,11 @@ pub struct InodeIo {
     next_id: AtomicU64,
     /// Bumped whenever the content changes through us.
     generation: AtomicU64,
-    /// Mode and times set while the file is open, not yet sent, and a handle to send them with.
-    deferred: Mutex<Option<(FileAttributes, Arc<File>)>>,
+    /// Changes set while the file is open, not yet sent.
+    deferred: Mutex<Option<Deferred>>,
+    /// A deferred chown was refused by the server (and ignored, as without `strict_chown`):
+    /// the owner shown for the file is not the server's.
+    owner_refused: AtomicBool,
     /// A failure of deferred work found outside flush (e.g. by a getattr), for the next flush.
     error: Mutex<Option<Error>>,
     /// Where the next O_APPEND write goes, shared by every handle of the inode so two append
@@ -66,6 +70,17 @@ pub struct InodeIo {
     /// truncation. The server's own O_APPEND is not used: it ignores offsets, so pipelined or
     /// retried writes of one writer would land in arrival order.
     end: Mutex<Option<u64>>,
+}
+
+/// Attribute changes made while a file is open, not yet sent, and the handle to send them with.
+struct Deferred {
+    /// A chown, sent as its own fsetstat so that a refusal (a login that may not give files
+    /// away) loses nothing else. Never deferred together with a set-user/group-ID mode: a
+    /// chown clears those bits, so there the order of the two would matter.
+    owner: Option<(u32, u32)>,
+    /// Mode and times: one fsetstat.
+    attrs: FileAttributes,
+    file: Arc<File>,
 }
 
 /// Tells handles apart for `InodeIo::ranges`.
@@ -83,6 +98,7 @@ impl Default for InodeIo {
             next_id: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             deferred: Mutex::new(None),
+            owner_refused: AtomicBool::new(false),
             error: Mutex::new(None),
             end: Mutex::new(None),
         }
@@ -103,21 +119,60 @@ impl InodeIo {
     pub async fn settle(&self) -> Result<(), Error> {
         let _one = self.settling.lock().await;
         let deferred = self.deferred.lock().take();
-        let Some((attrs, file)) = deferred else {
+        let Some(d) = deferred else {
             self.drain().await;
             return Ok(());
         };
-        if self.writes_sent_on(&file) {
-            let generation = file.generation();
-            let (_, set) = tokio::join!(self.drain(), file.fsetstat(attrs.clone()));
-            if file.generation() == generation {
+        if self.writes_sent_on(&d.file) {
+            let generation = d.file.generation();
+            let (_, set) = tokio::join!(self.drain(), self.send(&d));
+            if d.file.generation() == generation {
                 return set;
             }
             // A reconnect in between: a write may have been resent after the fsetstat.
         } else {
             self.drain().await;
         }
-        file.fsetstat(attrs).await
+        self.send(&d).await
+    }
+
+    /// Sends deferred changes: the chown and the mode and times at once (their order does not
+    /// matter without set-ID bits, see `Deferred::owner`).
+    async fn send(&self, d: &Deferred) -> Result<(), Error> {
+        let owner = d.owner.map(|(uid, gid)| FileAttributes {
+            uid: Some(uid),
+            gid: Some(gid),
+            ..FileAttributes::default()
+        });
+        let attrs =
+            (d.attrs.permissions.is_some() || d.attrs.mtime.is_some()).then(|| d.attrs.clone());
+        let (owned, set) = tokio::join!(
+            async {
+                match owner {
+                    Some(o) => d.file.fsetstat(o).await,
+                    None => Ok(()),
+                }
+            },
+            async {
+                match attrs {
+                    Some(a) => d.file.fsetstat(a).await,
+                    None => Ok(()),
+                }
+            },
+        );
+        match owned {
+            Err(e) if matches!(e.errno(), libc::EPERM | libc::EACCES) => {
+                self.owner_refused.store(true, Ordering::SeqCst);
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        set
+    }
+
+    /// Whether a deferred chown was refused since last asked.
+    pub fn take_owner_refused(&self) -> bool {
+        self.owner_refused.swap(false, Ordering::SeqCst)
     }
 
     /// Whether every write in flight is already on the wire through `file`'s handle, so a
@@ -128,16 +183,35 @@ impl InodeIo {
             && self.ranges.lock().iter().all(|r| r.3 == handle_id(file))
     }
 
-    /// Queues a mode and/or times change, merged with any already queued.
+    /// Whether `set` can join what is deferred: a chown and a set-ID mode never wait together
+    /// (see `Deferred::owner`).
+    pub fn can_defer(&self, set: &FileAttributes) -> bool {
+        let d = self.deferred.lock();
+        let setid =
+            |a: &FileAttributes| a.permissions.is_some_and(|p| p & (S_ISUID | S_ISGID) != 0);
+        let owner = set.uid.is_some() || d.as_ref().is_some_and(|d| d.owner.is_some());
+        let setid = setid(set) || d.as_ref().is_some_and(|d| setid(&d.attrs));
+        !(owner && setid)
+    }
+
+    /// Queues a mode, owner and/or times change, merged with any already queued. An owner
+    /// comes as both uid and gid.
     pub fn defer(&self, set: FileAttributes, file: Arc<File>) {
         let mut d = self.deferred.lock();
-        let (attrs, _) = d.get_or_insert_with(|| (FileAttributes::default(), file));
+        let d = d.get_or_insert_with(|| Deferred {
+            owner: None,
+            attrs: FileAttributes::default(),
+            file,
+        });
+        if let (Some(uid), Some(gid)) = (set.uid, set.gid) {
+            d.owner = Some((uid, gid));
+        }
         if set.permissions.is_some() {
-            attrs.permissions = set.permissions;
+            d.attrs.permissions = set.permissions;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            attrs.atime = set.atime;
-            attrs.mtime = set.mtime;
+            d.attrs.atime = set.atime;
+            d.attrs.mtime = set.mtime;
         }
     }
 

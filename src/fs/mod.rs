@@ -43,7 +43,7 @@ mod setattr;
 mod statfs;
 
 use std::ffi::OsStr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fuser::{Errno, FileAttr};
@@ -75,6 +75,12 @@ struct Fs {
     present: Presentation,
     follow_symlinks: bool,
     strict_chown: bool,
+    /// The server took a chown, and refused none (ignored then): only then are chowns on open
+    /// files deferred. A deferred chown is answered before the server saw it, and the kernel
+    /// keeps that answer for the attribute timeout, so it is only predicted where the login
+    /// is known to be allowed to give files away.
+    chown_accepted: AtomicBool,
+    chown_refused: AtomicBool,
     /// Attribute and entry lifetime; zero with `cache=no`.
     ttl: Duration,
     /// How long a listing's word that a name does not exist is trusted: short, since files
@@ -113,6 +119,8 @@ impl Fs {
             },
             follow_symlinks: opts.follow_symlinks,
             strict_chown: opts.strict_chown,
+            chown_accepted: AtomicBool::new(false),
+            chown_refused: AtomicBool::new(false),
             ttl,
             neg_ttl: ttl.min(NEGATIVE_TTL),
             nodes: Mutex::new(Inodes::new()),
@@ -139,6 +147,13 @@ impl Fs {
         } else {
             format!("{root}/{rel}")
         }
+    }
+
+    /// Whether a chown on an open file may be deferred (see `chown_accepted`).
+    fn chown_deferrable(&self) -> bool {
+        !self.strict_chown
+            && self.chown_accepted.load(Ordering::Relaxed)
+            && !self.chown_refused.load(Ordering::Relaxed)
     }
 
     fn caching(&self) -> bool {

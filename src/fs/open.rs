@@ -160,9 +160,23 @@ impl Fs {
     pub(super) async fn settle(&self, ino: u64) {
         if let Some(io) = self.io_of(ino)
             && io.has_pending()
-            && let Err(e) = io.settle().await
         {
-            io.keep_error(e);
+            if let Err(e) = io.settle().await {
+                io.keep_error(e);
+            }
+            self.check_owner(ino, &io);
+        }
+    }
+
+    /// After `ino`'s deferred changes were sent: if the server refused the chown among them,
+    /// the owner we showed is forgotten (the server's is asked for again), and later chowns
+    /// are not deferred.
+    pub(super) fn check_owner(&self, ino: u64, io: &InodeIo) {
+        if io.take_owner_refused() {
+            self.chown_refused.store(true, Ordering::Relaxed);
+            if let Some(n) = self.nodes.lock().get_mut(ino) {
+                n.stale();
+            }
         }
     }
 
@@ -352,6 +366,7 @@ impl Fs {
         };
         of.stop();
         let flushed = of.flush().await;
+        self.check_owner(of.ino, &of.io);
         let hidden = self.take_hidden(of.ino);
         if !of.written() {
             // Nothing was written through this handle: the server's answer to the close
@@ -450,7 +465,9 @@ impl Fs {
 
     /// close(2): the handle's queued writes and deferred metadata reach the server.
     pub(super) async fn flush(&self, of: &OpenFile) -> Result<(), Errno> {
-        match of.flush().await {
+        let flushed = of.flush().await;
+        self.check_owner(of.ino, &of.io);
+        match flushed {
             Ok(()) => Ok(()),
             Err(e) => Err(self.write_errno(&e).await),
         }

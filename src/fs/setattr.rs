@@ -2,11 +2,12 @@
 //!
 //! SFTP v3 sets uid and gid together and atime and mtime together, so a change of one of a pair
 //! needs the current value of the other. Three shortcuts save round trips: a change to what the
-//! file already has is answered at once (tar and `cp -p` chown every file to its owner); mode
-//! and times of a file that is open and being written are deferred and sent behind its queued
-//! writes (`file::InodeIo::defer`); and the attributes after a change are computed rather than
-//! fetched when what they were is fresh. A chown the server refuses is ignored unless
-//! `strict_chown` (Docker's copy-up chowns every file it copies).
+//! file already has is answered at once (tar and `cp -p` chown every file to its owner); mode,
+//! times and (unless `strict_chown`) owner of a file that is open and being written are
+//! deferred and sent behind its queued writes (`file::InodeIo::defer`); and the attributes after
+//! a change are computed rather than fetched when what they were is fresh (after a chown too,
+//! unless set-ID bits, which a chown clears, are involved). A chown the server refuses is
+//! ignored unless `strict_chown` (Docker's copy-up chowns every file it copies).
 //!
 //! Never a symlink's target: SFTP SETSTAT follows symlinks on the server, so `touch -h` or
 //! `lchown` on a link (Docker's copy-up lchowns and lutimes every link it copies) would change
@@ -23,12 +24,13 @@
 //!   what the caller asks for; a dangling link still shows as a link and takes the first rule.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use fuser::{Errno, FileAttr, TimeOrNow};
 
 use super::Fs;
-use super::attr::{self, S_IFMT};
+use super::attr::{self, S_IFMT, S_ISGID, S_ISUID};
 use super::errno::errno;
 use super::file::{InodeIo, OpenFile};
 use crate::sftp::{Error, FileAttributes, StatusCode};
@@ -73,14 +75,29 @@ impl Change {
             && self.gid.is_none()
     }
 
-    /// Only mode and times: what can wait for the open file's queued writes.
-    fn deferrable(&self) -> bool {
-        self.size.is_none() && self.uid.is_none() && self.gid.is_none()
+    /// What can wait for the open file's queued writes: mode and times, and the owner when
+    /// `chown_ok` (the server is known to take chowns, and a refusal would be ignored anyway:
+    /// a deferred chown's answer comes after the call returned) and the file's mode has no
+    /// set-ID bits (a chown would clear them, so the attributes it leaves are not known
+    /// without asking). `base` is what the file has, `fresh` whether that is known for sure.
+    fn deferrable(&self, chown_ok: bool, base: &FileAttributes, fresh: bool) -> bool {
+        let owner = self.uid.is_some() || self.gid.is_some();
+        self.size.is_none() && (!owner || (chown_ok && fresh && !has_setid(base)))
     }
 
     /// One of a pair without the other: its current value must be known.
     fn needs_base(&self) -> bool {
         self.uid.is_some() != self.gid.is_some() || self.atime.is_some() != self.mtime.is_some()
+    }
+
+    /// The owner, mode and times of the request, each pair completed from `base`.
+    fn owner_mode_and_times(&self, base: &FileAttributes) -> FileAttributes {
+        let mut set = self.mode_and_times(base);
+        if self.uid.is_some() || self.gid.is_some() {
+            set.uid = self.uid.or(base.uid);
+            set.gid = self.gid.or(base.gid);
+        }
+        set
     }
 
     /// The mode and times part of the request, with the missing half of the times from `base`.
@@ -95,6 +112,10 @@ impl Change {
         }
         set
     }
+}
+
+fn has_setid(a: &FileAttributes) -> bool {
+    attr::mode_of(a) & (S_ISUID | S_ISGID) != 0
 }
 
 fn resolve_time(t: TimeOrNow) -> u32 {
@@ -118,6 +139,10 @@ fn applied(base: &FileAttributes, set: &FileAttributes) -> FileAttributes {
     if set.atime.is_some() {
         a.atime = set.atime;
         a.mtime = set.mtime;
+    }
+    if set.uid.is_some() {
+        a.uid = set.uid;
+        a.gid = set.gid;
     }
     a
 }
@@ -159,16 +184,21 @@ impl Fs {
             }
         }
         let io = self.io_of(ino);
-        if change.deferrable()
-            && self.caching()
+        if self.caching()
             && let (Some(io), Some(base)) = (&io, &base)
+            && change.deferrable(self.chown_deferrable(), base, base_fresh)
             && let Some(of) = self.active_handle(ino)
         {
-            return Ok(self.defer(ino, &change, io, &of, base));
+            let set = change.owner_mode_and_times(base);
+            if io.can_defer(&set) {
+                return Ok(self.defer(ino, set, io, &of, base));
+            }
         }
         // Queued writes must not land after a truncate or overwrite the mtime we set.
         if let Some(io) = &io {
-            io.settle().await.map_err(|e| errno(&e))?;
+            let settled = io.settle().await;
+            self.check_owner(ino, io);
+            settled.map_err(|e| errno(&e))?;
             if change.size.is_some() {
                 io.invalidate();
             }
@@ -204,8 +234,14 @@ impl Fs {
             set.gid = None;
         }
 
+        if chown_ignored {
+            self.chown_refused.store(true, Ordering::Relaxed);
+        } else if chown {
+            self.chown_accepted.store(true, Ordering::Relaxed);
+        }
+        // A chown clears set-ID bits: with them the result is the server's to tell.
         let ids_changed = chown && !chown_ignored;
-        let new = if base_fresh && !ids_changed && self.caching() {
+        let new = if base_fresh && !(ids_changed && has_setid(&base)) && self.caching() {
             applied(&base, &set)
         } else {
             self.fetch(path.as_deref(), handle.as_ref()).await?
@@ -222,16 +258,15 @@ impl Fs {
         Ok(self.file_attr(ino, &new))
     }
 
-    /// Queues mode and times behind the open file's writes and answers with what they will be.
+    /// Queues a change behind the open file's writes and answers with what it will be.
     fn defer(
         &self,
         ino: u64,
-        change: &Change,
+        set: FileAttributes,
         io: &InodeIo,
         of: &OpenFile,
         base: &FileAttributes,
     ) -> FileAttr {
-        let set = change.mode_and_times(base);
         io.defer(set.clone(), Arc::clone(&of.file));
         let a = applied(base, &set);
         self.changed_attrs(ino, &a);

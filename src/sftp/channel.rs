@@ -72,9 +72,38 @@ struct Health {
     deaths: Mutex<DeathLog>,
     /// Set once channels kept dying: the supervisor replaces the connection.
     condemned: AtomicBool,
-    /// Requests sent, counted for the whole mount (it outlives the connection): Status shows
-    /// it, and the benchmark divides it by files for round trips per file.
-    requests: Arc<AtomicU64>,
+    /// Requests and round trips, counted for the whole mount (it outlives the connection).
+    traffic: Arc<Traffic>,
+}
+
+/// What a mount sent over all its connections: Status shows it, and the benchmark divides it
+/// by files. A round trip is counted when a request goes out while none is waiting for its
+/// answer: requests sent while others are in flight (pipelined, or from other callers) share
+/// their round trip, so at a link's latency L a workload takes at least `round_trips` x L.
+#[derive(Debug, Default)]
+pub(super) struct Traffic {
+    pub(super) requests: AtomicU64,
+    pub(super) round_trips: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// One request waiting for its answer; counted out when dropped (answered, failed or given up).
+struct InFlight<'a>(&'a Traffic);
+
+impl Traffic {
+    fn sent(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight(self)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One SFTP channel (a separate sftp-server process on the far side) and the handle permits
@@ -144,7 +173,7 @@ impl Channel {
         &self,
         request: impl Future<Output = RawResult<T>>,
     ) -> RawResult<T> {
-        self.health.requests.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = self.health.traffic.sent();
         let mut ended = self.ended.subscribe();
         let result = tokio::select! {
             biased;
@@ -216,10 +245,10 @@ impl Conn {
         ssh: ssh::Connection,
         first: RawSftpSession,
         handle_wait: Duration,
-        requests: Arc<AtomicU64>,
+        traffic: Arc<Traffic>,
     ) -> Conn {
         let health = Arc::new(Health {
-            requests,
+            traffic,
             ..Health::default()
         });
         Conn {

@@ -39,7 +39,7 @@ pub use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 use crate::options::{MountOptions, StrictHostKeyChecking};
 use crate::ssh::ConnectError;
-use channel::{Channel, Conn};
+use channel::{Channel, Conn, Traffic};
 use error::{RawResult, from_raw, may_have_reached, transport_error};
 use supervisor::{ConnState, establish, supervise};
 
@@ -62,9 +62,11 @@ pub enum LinkState {
 pub struct Counters {
     pub bytes_read: u64,
     pub bytes_written: u64,
-    /// SFTP requests sent: the benchmark's requests per file. Pipelined requests share a
-    /// round trip, so this is an upper bound on round trips.
+    /// SFTP requests sent.
     pub requests: u64,
+    /// Requests sent while none was in flight: at latency L the mount spent at least this
+    /// many times L waiting (the benchmark's round trips per file).
+    pub round_trips: u64,
     pub reconnects: u64,
 }
 
@@ -73,6 +75,7 @@ impl Counters {
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
         self.requests += other.requests;
+        self.round_trips += other.round_trips;
         self.reconnects += other.reconnects;
     }
 }
@@ -116,8 +119,8 @@ struct Remote {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     reconnects: AtomicU64,
-    /// SFTP requests sent over every connection (each channel counts into it).
-    requests: Arc<AtomicU64>,
+    /// Requests and round trips over every connection (each channel counts into it).
+    traffic: Arc<Traffic>,
     last_error: Mutex<Option<String>>,
     posix_rename: bool,
     /// The server announced `lsetstat@openssh.com` (see `Sftp::lsetstat`).
@@ -137,8 +140,8 @@ impl Sftp {
     /// Connects, authenticates, checks the host key and resolves the remote root directory.
     /// Fails with a message that says what to fix (wrong password, unknown host key, ...).
     pub async fn connect(opts: &MountOptions) -> Result<Sftp, ConnectError> {
-        let requests = Arc::new(AtomicU64::new(0));
-        let (conn, features) = establish(opts, 1, requests.clone()).await?;
+        let traffic = Arc::new(Traffic::default());
+        let (conn, features) = establish(opts, 1, traffic.clone()).await?;
         let fingerprint = conn.ssh.host_key_fingerprint().to_string();
         let jump_keys = conn.ssh.jump_host_keys();
         let root = ops::resolve_root(&conn, &opts.remote.path).await?;
@@ -164,7 +167,7 @@ impl Sftp {
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
-            requests,
+            traffic,
             last_error: Mutex::new(None),
             posix_rename: features.posix_rename,
             lsetstat: features.lsetstat,
@@ -208,7 +211,8 @@ impl Sftp {
             counters: Counters {
                 bytes_read: self.remote.bytes_read.load(Ordering::Relaxed),
                 bytes_written: self.remote.bytes_written.load(Ordering::Relaxed),
-                requests: self.remote.requests.load(Ordering::Relaxed),
+                requests: self.remote.traffic.requests.load(Ordering::Relaxed),
+                round_trips: self.remote.traffic.round_trips.load(Ordering::Relaxed),
                 reconnects: self.remote.reconnects.load(Ordering::Relaxed),
             },
             state,

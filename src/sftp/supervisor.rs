@@ -3,11 +3,11 @@
 //! (or one whose channels keep dying, see `channel`), with backoff, until the volume is
 //! unmounted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::channel::Conn;
+use super::channel::{Conn, Traffic};
 use super::{REQUEST_TIMEOUT, Remote};
 use crate::options::MountOptions;
 use crate::ssh::{self, ConnectError};
@@ -58,7 +58,7 @@ pub(super) struct Features {
 pub(super) async fn establish(
     opts: &MountOptions,
     generation: u64,
-    requests: Arc<AtomicU64>,
+    traffic: Arc<Traffic>,
 ) -> Result<(Conn, Features), ConnectError> {
     let ssh = ssh::connect(opts).await?;
     let (raw, extensions) = ssh
@@ -90,7 +90,7 @@ pub(super) async fn establish(
         "sftp-server features"
     );
     Ok((
-        Conn::new(generation, ssh, raw, opts.reconnect_timeout, requests),
+        Conn::new(generation, ssh, raw, opts.reconnect_timeout, traffic),
         features,
     ))
 }
@@ -148,9 +148,9 @@ pub(super) async fn supervise(remote: Weak<Remote>) {
             }
             let generation = strong.generations.fetch_add(1, Ordering::Relaxed) + 1;
             let opts = strong.opts.clone();
-            let requests = strong.requests.clone();
+            let traffic = strong.traffic.clone();
             drop(strong);
-            let result = establish(&opts, generation, requests).await;
+            let result = establish(&opts, generation, traffic).await;
             let Some(strong) = remote.upgrade() else {
                 return;
             };

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod proxy;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
