@@ -136,6 +136,8 @@ struct State {
     checkpoint: u64,
     /// Done above the checkpoint (out of order).
     done: BTreeSet<u64>,
+    /// Begun and not done: kept through a compaction of the progress file.
+    begun: BTreeSet<u64>,
     progress: File,
     progress_len: u64,
 }
@@ -373,6 +375,7 @@ impl Journal {
             pending_bytes,
             checkpoint,
             done,
+            begun,
             progress,
             progress_len,
         };
@@ -498,6 +501,7 @@ impl Journal {
         let mut buf = Vec::with_capacity(seqs.len() * PROGRESS_RECORD);
         for &s in seqs {
             buf.extend_from_slice(&progress_record(Progress::Begun, s));
+            st.begun.insert(s);
         }
         st.write_progress(&self.inner.dir, &buf)
     }
@@ -509,6 +513,7 @@ impl Journal {
         let mut buf = Vec::with_capacity(seqs.len() * PROGRESS_RECORD);
         for &s in seqs {
             buf.extend_from_slice(&progress_record(Progress::Done, s));
+            st.begun.remove(&s);
             if let Some(r) = st.pending.remove(&s) {
                 st.pending_bytes -= r.size();
             }
@@ -526,8 +531,7 @@ impl Journal {
         if checkpoint != before {
             st.drop_applied_segments()?;
             if st.progress_len > PROGRESS_COMPACT_BYTES {
-                let (f, len) =
-                    write_progress(&self.inner.dir, checkpoint, &st.done, &BTreeSet::new())?;
+                let (f, len) = write_progress(&self.inner.dir, checkpoint, &st.done, &st.begun)?;
                 st.progress = f;
                 st.progress_len = len;
             }
