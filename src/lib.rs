@@ -24,3 +24,4 @@ pub mod ssh_auth;
 pub mod ssh_config;
 pub mod state;
 pub mod version;
+pub mod writeback;
