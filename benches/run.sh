@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: our FUSE filesystem (`docker-volume-sshfs mount`) against the C sshfs, side by side on
 # one throwaway loopback OpenSSH server, at emulated round-trip times (latency-proxy), plus the raw
-# `ssh cat` ceiling. Prints a table; run as root (FUSE mounts, drop_caches).
+# `ssh cat` ceiling. Prints a table; run as root (FUSE mounts, drop_caches). Then runs
+# benches/docker.sh (the same through Docker, with rclone's plugin too) unless BENCH_DOCKER=0.
 #
 #   ./benches/run.sh                    # full run: 256 MiB files, 2,000-file tree, RTT 0 and 10 ms
 #   BENCH_RTTS="0 10 50" ./benches/run.sh
@@ -11,7 +12,10 @@
 # best kept; default 3), BENCH_SIZE_MB, BENCH_FILES, BENCH_RANDOM_READS, BENCH_MOUNTS (RSS
 # test), BENCH_IMPLS ("ours sshfs", either alone), BENCH_OUT (also write the table to this file),
 # BENCH_NO_BUILD=1 (use the existing target/release binaries), BENCH_SSHFS_OPTS (extra sshfs -o
-# options, e.g. Ciphers=aes128-gcm@openssh.com), BENCH_CEILING_CIPHERS (ssh -c list for the ceiling).
+# options, e.g. Ciphers=aes128-gcm@openssh.com), BENCH_CEILING_CIPHERS (ssh -c list for the ceiling),
+# BENCH_HOST=0 (skip this host-side table), BENCH_DOCKER=0 (skip the Docker benchmark that follows
+# it, benches/docker.sh: the installed plugin vs sshfs vs rclone inside containers; its own knobs
+# are listed there; BENCH_DOCKER_OUT writes its tables to a file).
 #
 # Method: one sshd, one latency-proxy per RTT (0 ms connects directly), each implementation mounts
 # its own remote directory through the same path; per RTT the two run their workloads one after
@@ -41,6 +45,10 @@ MOUNTS=${BENCH_MOUNTS:-20}
 IMPLS=${BENCH_IMPLS:-ours sshfs}
 
 [[ $(id -u) == 0 ]] || { echo "run as root (FUSE mounts, drop_caches)" >&2; exit 1; }
+# BENCH_HOST=0: only the Docker benchmark (benches/docker.sh), not the host-side table.
+if [[ ${BENCH_HOST:-1} == 0 ]]; then
+    BENCH_OUT=${BENCH_DOCKER_OUT:-} exec "$ROOT/benches/docker.sh"
+fi
 for t in /usr/sbin/sshd ssh-keygen ssh sshfs python3 tar; do
     command -v "$t" >/dev/null || { echo "missing $t (apt-get install openssh-server openssh-client sshfs python3)" >&2; exit 1; }
 done
@@ -439,3 +447,10 @@ fi
     echo "  (the command line runs one process per mount; the plugin serves all volumes in one process)"
     echo "  plugin (one serve process, VolumeDriver.Create + Mount over its socket): ${mem_plugin:-n/a}"
 } | tee ${BENCH_OUT:+"$BENCH_OUT"}
+
+# ---- the Docker benchmark: the installed plugin vs sshfs vs rclone, inside containers ----
+if [[ ${BENCH_DOCKER:-1} != 0 ]]; then
+    cleanup
+    trap - EXIT
+    BENCH_NO_BUILD=1 BENCH_OUT=${BENCH_DOCKER_OUT:-} "$ROOT/benches/docker.sh"
+fi
