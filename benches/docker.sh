@@ -244,14 +244,15 @@ ticks() {
 }
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 nfds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
-# requests VOLUME: the SFTP requests our client has sent for VOLUME (Status.requests).
+# requests VOLUME: the SFTP requests our client has sent for VOLUME and the round trips they
+# took (Status.requests, Status.round_trips: requests sent while none was in flight).
 requests() {
     docker volume inspect -f '{{json .Status}}' "$1" 2>/dev/null |
-        python3 -c 'import json, sys; print(json.load(sys.stdin).get("requests", 0))' 2>/dev/null || echo 0
+        python3 -c 'import json, sys; s = json.load(sys.stdin); print(s.get("requests", 0), s.get("round_trips", 0))' 2>/dev/null || echo 0 0
 }
 
 # ---- results ----
-declare -A RES CPU REQ
+declare -A RES CPU REQ RTS
 SCALE_LINES=()
 ROWS=() # "key|label|unit|kind|bytes|files"; kind: time (lower is better), rate (higher), settle
 add_row() {
@@ -338,9 +339,10 @@ workload() {
     CPU["$rtt|$key|$peer"]=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }')
     if [[ $peer == ours ]]; then
         q1=$(requests "$vol")
-        REQ["$rtt|$key"]=$((q1 - q0))
+        REQ["$rtt|$key"]=$((${q1% *} - ${q0% *}))
+        RTS["$rtt|$key"]=$((${q1#* } - ${q0#* }))
     fi
-    log "    $peer $key: ${RES["$rtt|$key|$peer"]} s (cpu ${CPU["$rtt|$key|$peer"]} s${q1:+, $((q1 - q0)) requests})"
+    log "    $peer $key: ${RES["$rtt|$key|$peer"]} s (cpu ${CPU["$rtt|$key|$peer"]} s${q1:+, ${REQ["$rtt|$key"]} requests, ${RTS["$rtt|$key"]} round trips})"
 }
 
 WORKLOADS=(
@@ -495,14 +497,14 @@ print_tables() {
             for i in "${!NOTES[@]}"; do echo "  FAIL[$((i + 1))] ${NOTES[$i]}"; done
             NOTES=()
             echo
-            echo "RTT $rtt ms: our SFTP requests (Status.requests, an upper bound on round trips) and client CPU"
+            echo "RTT $rtt ms: our SFTP requests and round trips (Status.requests, Status.round_trips) and client CPU"
             echo "(CPU seconds per GiB moved; rm -rf: CPU ms per file; ours = plugin process, sshfs = sshfs + ssh, rclone = rclone serve)"
-            hdr="| %-36s | %11s |"
-            args=(workload "ours req")
+            hdr="| %-36s | %17s |"
+            args=(workload "ours req rt")
             for p in $PEERS; do hdr+=" %10s |"; args+=("cpu $(pretty_peer "$p")"); done
             # shellcheck disable=SC2059
             printf "$hdr\n" "${args[@]}"
-            seps=("$(printf -- '-%.0s' {1..36})" -----------)
+            seps=("$(printf -- '-%.0s' {1..36})" -----------------)
             for p in $PEERS; do seps+=(----------); done
             # shellcheck disable=SC2059
             printf "$hdr\n" "${seps[@]}"
@@ -510,9 +512,10 @@ print_tables() {
                 IFS='|' read -r key label unit kind bytes files <<<"$row"
                 [[ $key == *-settle ]] && continue
                 q=${REQ["$rtt|$key"]:-}
+                r=${RTS["$rtt|$key"]:-}
                 if [[ -n $q ]]; then
-                    if ((files > 0)); then q=$(awk -v q="$q" -v n="$files" 'BEGIN { printf "%.2f/file", q / n }')
-                    elif ((bytes > 0)); then q=$(awk -v q="$q" -v b="$bytes" 'BEGIN { printf "%.1f/MiB", q / (b / 1048576) }')
+                    if ((files > 0)); then q=$(awk -v q="$q" -v r="$r" -v n="$files" 'BEGIN { printf "%.2f %.2f/file", q / n, r / n }')
+                    elif ((bytes > 0)); then q=$(awk -v q="$q" -v r="$r" -v b="$bytes" 'BEGIN { printf "%.1f %.1f/MiB", q / (b / 1048576), r / (b / 1048576) }')
                     fi
                 fi
                 vals=("${q:-n/a}")
