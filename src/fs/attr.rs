@@ -17,7 +17,7 @@ const S_IFCHR: u32 = 0o020000;
 const S_IFBLK: u32 = 0o060000;
 const S_IFSOCK: u32 = 0o140000;
 pub const S_ISGID: u32 = 0o2000;
-pub const S_ISUID: u32 = 0o4000;
+const S_ISUID: u32 = 0o4000;
 
 /// `st_blksize`: cp and stdio size their buffers from it, and bigger FUSE writes mean fewer
 /// requests; 256 KiB keeps stdio buffers of many open files modest.
@@ -33,6 +33,11 @@ pub struct Presentation {
 
 pub fn mode_of(a: &FileAttributes) -> u32 {
     a.permissions.unwrap_or(S_IFREG | 0o644)
+}
+
+/// Whether the mode has set-user-ID or set-group-ID bits (a chown clears them).
+pub fn has_setid(a: &FileAttributes) -> bool {
+    mode_of(a) & (S_ISUID | S_ISGID) != 0
 }
 
 pub fn kind_of(mode: u32) -> FileType {

@@ -29,7 +29,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
 
-use super::attr::{S_ISGID, S_ISUID};
+use super::attr;
 use crate::sftp::{Error, File, FileAttributes};
 
 /// Read-ahead unit: one SFTP read where the server takes 128 KiB (two elsewhere), and the
@@ -146,20 +146,13 @@ impl InodeIo {
         });
         let attrs =
             (d.attrs.permissions.is_some() || d.attrs.mtime.is_some()).then(|| d.attrs.clone());
-        let (owned, set) = tokio::join!(
-            async {
-                match owner {
-                    Some(o) => d.file.fsetstat(o).await,
-                    None => Ok(()),
-                }
-            },
-            async {
-                match attrs {
-                    Some(a) => d.file.fsetstat(a).await,
-                    None => Ok(()),
-                }
-            },
-        );
+        let send = |a: Option<FileAttributes>| async move {
+            match a {
+                Some(a) => d.file.fsetstat(a).await,
+                None => Ok(()),
+            }
+        };
+        let (owned, set) = tokio::join!(send(owner), send(attrs));
         match owned {
             Err(e) if matches!(e.errno(), libc::EPERM | libc::EACCES) => {
                 self.owner_refused.store(true, Ordering::SeqCst);
@@ -187,10 +180,8 @@ impl InodeIo {
     /// (see `Deferred::owner`).
     pub fn can_defer(&self, set: &FileAttributes) -> bool {
         let d = self.deferred.lock();
-        let setid =
-            |a: &FileAttributes| a.permissions.is_some_and(|p| p & (S_ISUID | S_ISGID) != 0);
         let owner = set.uid.is_some() || d.as_ref().is_some_and(|d| d.owner.is_some());
-        let setid = setid(set) || d.as_ref().is_some_and(|d| setid(&d.attrs));
+        let setid = attr::has_setid(set) || d.as_ref().is_some_and(|d| attr::has_setid(&d.attrs));
         !(owner && setid)
     }
 

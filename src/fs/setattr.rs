@@ -30,7 +30,7 @@ use std::time::{Instant, SystemTime};
 use fuser::{Errno, FileAttr, TimeOrNow};
 
 use super::Fs;
-use super::attr::{self, S_IFMT, S_ISGID, S_ISUID};
+use super::attr::{self, S_IFMT};
 use super::errno::errno;
 use super::file::{InodeIo, OpenFile};
 use crate::sftp::{Error, FileAttributes, StatusCode};
@@ -82,7 +82,7 @@ impl Change {
     /// without asking). `base` is what the file has, `fresh` whether that is known for sure.
     fn deferrable(&self, chown_ok: bool, base: &FileAttributes, fresh: bool) -> bool {
         let owner = self.uid.is_some() || self.gid.is_some();
-        self.size.is_none() && (!owner || (chown_ok && fresh && !has_setid(base)))
+        self.size.is_none() && (!owner || (chown_ok && fresh && !attr::has_setid(base)))
     }
 
     /// One of a pair without the other: its current value must be known.
@@ -112,10 +112,6 @@ impl Change {
         }
         set
     }
-}
-
-fn has_setid(a: &FileAttributes) -> bool {
-    attr::mode_of(a) & (S_ISUID | S_ISGID) != 0
 }
 
 fn resolve_time(t: TimeOrNow) -> u32 {
@@ -241,7 +237,7 @@ impl Fs {
         }
         // A chown clears set-ID bits: with them the result is the server's to tell.
         let ids_changed = chown && !chown_ignored;
-        let new = if base_fresh && !(ids_changed && has_setid(&base)) && self.caching() {
+        let new = if base_fresh && !(ids_changed && attr::has_setid(&base)) && self.caching() {
             applied(&base, &set)
         } else {
             self.fetch(path.as_deref(), handle.as_ref()).await?
@@ -363,21 +359,10 @@ impl Fs {
         if link {
             return self.sftp.lsetstat(full, &set).await;
         }
-        if self.follow_symlinks || !self.sftp.has_lsetstat() {
+        if self.follow_symlinks {
             return self.sftp.setstat(full, set).await;
         }
-        let follows = FileAttributes {
-            size: set.size,
-            permissions: set.permissions,
-            ..FileAttributes::default()
-        };
-        if follows.size.is_some() || follows.permissions.is_some() {
-            self.sftp.setstat(full, follows).await?;
-        }
-        if set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some() {
-            self.sftp.lsetstat(full, &set).await?;
-        }
-        Ok(())
+        self.sftp.setstat_nofollow(full, set).await
     }
 
     /// Records attributes we changed (fresh, and ctime moved).

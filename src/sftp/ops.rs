@@ -113,6 +113,32 @@ impl Sftp {
         .await
     }
 
+    /// Sets `attrs` on `path` without following a symlink there where SFTP allows it: size and
+    /// mode by SETSTAT (SFTP has no mode change that does not follow), owner and times by
+    /// [`Sftp::lsetstat`] when the server has it, so a file that another client replaced with
+    /// a symlink is not followed for those; without it, all by SETSTAT.
+    pub async fn setstat_nofollow(&self, path: &str, attrs: FileAttributes) -> Result<(), Error> {
+        if !self.has_lsetstat() {
+            return self.setstat(path, attrs).await;
+        }
+        let follows = FileAttributes {
+            size: attrs.size,
+            permissions: attrs.permissions,
+            ..FileAttributes::empty()
+        };
+        if follows.size.is_some() || follows.permissions.is_some() {
+            self.setstat(path, follows).await?;
+        }
+        let rest = attrs.uid.is_some()
+            || attrs.gid.is_some()
+            || attrs.atime.is_some()
+            || attrs.mtime.is_some();
+        if rest {
+            self.lsetstat(path, &attrs).await?;
+        }
+        Ok(())
+    }
+
     /// The whole listing (without `.` and `..`), in server order: OPENDIR, then READDIRs
     /// pipelined `READDIR_PIPELINE` at a time; the CLOSE is not waited for.
     pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {

@@ -532,8 +532,8 @@ impl Ctx {
     }
 
     /// Setattr by path (a directory, a symlink, or a file with no data change in the batch):
-    /// the mode by SETSTAT only on what LSTAT shows is not a symlink, owner and times by
-    /// `lsetstat` when the server has it (as `fs::setattr` does).
+    /// the mode by SETSTAT only on what LSTAT shows is not a symlink, the rest by
+    /// `Sftp::setstat_nofollow`, the rule `fs::setattr` uses too.
     async fn set_by_path(&self, rel: &str, full: &str, attrs: &Attrs) -> Result<(), Fail> {
         let a = self
             .sftp
@@ -541,14 +541,6 @@ impl Ctx {
             .await
             .map_err(|e| fail("setattr (lstat)", rel, e))?;
         let set = sftp_attrs(attrs, Some(&a));
-        let rest = FileAttributes {
-            uid: set.uid,
-            gid: set.gid,
-            atime: set.atime,
-            mtime: set.mtime,
-            ..FileAttributes::empty()
-        };
-        let has_rest = rest.uid.is_some() || rest.atime.is_some();
         if a.is_symlink() {
             if set.permissions.is_some() {
                 return Err(Fail::Conflict(format!(
@@ -561,36 +553,17 @@ impl Ctx {
                      which the server lacks"
                 )));
             }
+            // lsetstat sends only the owner and times.
             return self
                 .sftp
-                .lsetstat(full, &rest)
+                .lsetstat(full, &set)
                 .await
                 .map_err(|e| fail("setattr", rel, e));
         }
-        if !self.sftp.has_lsetstat() {
-            return self
-                .sftp
-                .setstat(full, set)
-                .await
-                .map_err(|e| fail("setattr", rel, e));
-        }
-        if let Some(p) = set.permissions {
-            let mode = FileAttributes {
-                permissions: Some(p),
-                ..FileAttributes::empty()
-            };
-            self.sftp
-                .setstat(full, mode)
-                .await
-                .map_err(|e| fail("chmod", rel, e))?;
-        }
-        if has_rest {
-            self.sftp
-                .lsetstat(full, &rest)
-                .await
-                .map_err(|e| fail("setattr", rel, e))?;
-        }
-        Ok(())
+        self.sftp
+            .setstat_nofollow(full, set)
+            .await
+            .map_err(|e| fail("setattr", rel, e))
     }
 
     /// A change to names: mkdir, rename, unlink, rmdir, symlink, link.
