@@ -113,7 +113,7 @@ impl Mounted {
 /// Connects to the server and mounts it at `mountpoint` (an existing directory).
 pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, MountError> {
     let sftp = Sftp::connect(opts).await?;
-    let fs = SshFs::new(sftp.clone(), opts, tokio::runtime::Handle::current());
+    let fs = SshFs::new(sftp.clone(), opts, tokio::runtime::Handle::current(), None);
     let write_behind = fs.write_behind();
     let trimmer = fs.trimmer();
     let config = fuse_config(opts);

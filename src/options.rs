@@ -205,6 +205,20 @@ pub struct MountOptions {
     /// `ProxyJump`: the jump hosts to connect through, first hop first (see `jump`).
     #[serde(default)]
     pub proxy_jump: Vec<crate::jump::JumpHost>,
+    /// `writeback=yes`: changes are journaled locally and replayed to the server in the
+    /// background (`crate::writeback`). Off by default.
+    #[serde(default)]
+    pub writeback: Option<WriteBack>,
+}
+
+/// The write-back settings of a mount.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WriteBack {
+    /// `writeback_max`: bytes of changes the journal holds before writes wait.
+    pub max_bytes: u64,
+    /// Where the journal lives: the plugin puts it under its state directory (one per volume);
+    /// the `mount` command takes `writeback_dir=PATH`.
+    pub dir: Option<PathBuf>,
 }
 
 fn default_agent() -> IdentityAgent {
@@ -404,6 +418,7 @@ pub fn parse(
         strict_chown: false,
         learn_host_keys: false,
         proxy_jump: Vec::new(),
+        writeback: None,
         ssh_config: SshConfigFile::Default,
         certificate_files: Vec::new(),
         identities_only: false,

@@ -35,6 +35,7 @@ use super::readdir::{Listing, dir_attr};
 use super::setattr::Change;
 use crate::options::MountOptions;
 use crate::sftp::Sftp;
+use crate::writeback::Overlay;
 
 /// Largest FUSE write we ask for: fewer, bigger requests on sequential writes.
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -125,9 +126,11 @@ pub struct SshFs {
 }
 
 impl SshFs {
-    pub fn new(sftp: Sftp, opts: &MountOptions, rt: Handle) -> SshFs {
+    /// The filesystem of `sftp`'s root; with `overlay` (write-back mode), changes go to its
+    /// journal and reads see them at once.
+    pub fn new(sftp: Sftp, opts: &MountOptions, rt: Handle, overlay: Option<Overlay>) -> SshFs {
         SshFs {
-            fs: Arc::new(Fs::new(sftp, opts, rt)),
+            fs: Arc::new(Fs::new(sftp, opts, rt, overlay)),
         }
     }
 

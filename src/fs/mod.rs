@@ -52,6 +52,7 @@ use tokio::runtime::Handle;
 
 use crate::options::MountOptions;
 use crate::sftp::{FileAttributes, Sftp};
+use crate::writeback::Overlay;
 
 use attr::{Creator, Presentation};
 use inodes::{Inodes, child_path};
@@ -101,7 +102,7 @@ struct Fs {
 }
 
 impl Fs {
-    fn new(sftp: Sftp, opts: &MountOptions, rt: Handle) -> Fs {
+    fn new(sftp: Sftp, opts: &MountOptions, rt: Handle, _overlay: Option<Overlay>) -> Fs {
         let ttl = if opts.cache {
             opts.cache_timeout
         } else {

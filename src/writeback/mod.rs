@@ -13,10 +13,12 @@
 //! replayer joins them to the remote root.
 
 pub mod journal;
+pub mod overlay;
 pub mod replay;
 pub mod schedule;
 
 pub use journal::{Journal, JournalError, JournalStats, Record};
+pub use overlay::Overlay;
 pub use replay::{ReplayStats, Replayer};
 
 /// A time as SETSTAT takes it: seconds since the epoch. The filesystem resolves "now" when the
