@@ -103,7 +103,7 @@ impl Ahead {
 
 /// A small file opened and read ahead of its open (see `PRELOAD_AHEAD`).
 struct Preloaded {
-    file: Mutex<Option<crate::sftp::File>>,
+    file: Mutex<Option<super::remote::RemoteFile>>,
     data: Arc<Vec<u8>>,
 }
 
@@ -169,7 +169,7 @@ impl Fs {
     pub(super) async fn take_preloaded(
         &self,
         path: &str,
-    ) -> Option<(crate::sftp::File, Arc<Vec<u8>>)> {
+    ) -> Option<(super::remote::RemoteFile, Arc<Vec<u8>>)> {
         let p = self.ahead.files.lock().remove(path)?;
         if p.mutations != self.ahead.mutations() || p.valid_until <= Instant::now() {
             return None;
@@ -239,7 +239,7 @@ impl Fs {
             let full = self.full(&cpath);
             let ready = run_shared(&self.rt, async move {
                 let f = me
-                    .sftp
+                    .remote
                     .open(&full, OpenFlags::READ, FileAttributes::default())
                     .await
                     .ok()?;

@@ -40,7 +40,7 @@ impl Fs {
     /// The errno for a failed data write: a bare FAILURE on a full disk becomes ENOSPC.
     pub(super) async fn write_errno(&self, e: &Error) -> Errno {
         if bare_failure(e)
-            && let Ok(s) = self.sftp.statvfs(self.sftp.root()).await
+            && let Ok(s) = self.remote.statvfs(self.remote.root()).await
             && s.blocks_avail == 0
         {
             return Errno::ENOSPC;
@@ -51,7 +51,7 @@ impl Fs {
     /// A call that creates the name `rel` (mkdir, exclusive create, mknod, symlink, link)
     /// failed: a bare FAILURE while the name exists means it was already there.
     pub(super) async fn creation_errno(&self, e: &Error, rel: &str) -> Errno {
-        if bare_failure(e) && self.sftp.lstat(&self.full(rel)).await.is_ok() {
+        if bare_failure(e) && self.remote.lstat(&self.full(rel)).await.is_ok() {
             return Errno::EEXIST;
         }
         errno(e)
@@ -60,7 +60,7 @@ impl Fs {
     /// unlink of `full` failed: a bare FAILURE on a directory is EISDIR.
     pub(super) async fn unlink_errno(&self, e: &Error, full: &str) -> Errno {
         if bare_failure(e)
-            && let Ok(a) = self.sftp.lstat(full).await
+            && let Ok(a) = self.remote.lstat(full).await
             && attr::is_dir(&a)
         {
             return Errno::EISDIR;
@@ -72,11 +72,11 @@ impl Fs {
     /// when it is no directory at all.
     pub(super) async fn rmdir_errno(&self, e: &Error, full: &str) -> Errno {
         if bare_failure(e) {
-            match self.sftp.read_dir(full).await {
+            match self.remote.read_dir(full).await {
                 Ok(list) if !list.is_empty() => return Errno::ENOTEMPTY,
                 Err(e2) if bare_failure(&e2) => {
                     // Not listable as a directory: probably not one.
-                    if let Ok(a) = self.sftp.lstat(full).await
+                    if let Ok(a) = self.remote.lstat(full).await
                         && !attr::is_dir(&a)
                     {
                         return Errno::ENOTDIR;
@@ -93,11 +93,11 @@ impl Fs {
     /// directory EISDIR.
     pub(super) async fn rename_errno(&self, e: &Error, from: &str, to: &str) -> Errno {
         if bare_failure(e) {
-            let (src, dst) = tokio::join!(self.sftp.lstat(from), self.sftp.lstat(to));
+            let (src, dst) = tokio::join!(self.remote.lstat(from), self.remote.lstat(to));
             if let (Ok(src), Ok(dst)) = (src, dst) {
                 match (attr::is_dir(&src), attr::is_dir(&dst)) {
                     (true, true) => {
-                        if matches!(self.sftp.read_dir(to).await, Ok(l) if !l.is_empty()) {
+                        if matches!(self.remote.read_dir(to).await, Ok(l) if !l.is_empty()) {
                             return Errno::ENOTEMPTY;
                         }
                     }

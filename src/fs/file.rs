@@ -30,7 +30,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
 
 use super::attr;
-use crate::sftp::{Error, File, FileAttributes};
+use super::remote::RemoteFile as File;
+use crate::sftp::{Error, FileAttributes};
 
 /// Read-ahead unit: one SFTP read where the server takes 128 KiB (two elsewhere), and the
 /// size of the kernel's read requests, so a request is answered from one chunk without a copy.

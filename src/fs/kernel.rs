@@ -542,7 +542,14 @@ impl Filesystem for SshFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // A directory's changes are on the server when its call returned, except in
+        // write-back mode: there fsync of a directory waits for every change made so far.
+        self.spawn(move |fs| async move {
+            match fs.remote.sync().await {
+                Ok(()) => reply.ok(),
+                Err(_) => reply.error(Errno::EIO),
+            }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -39,6 +39,7 @@ mod kernel;
 mod namespace;
 mod open;
 mod readdir;
+mod remote;
 mod setattr;
 mod statfs;
 
@@ -71,7 +72,8 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// The filesystem's state, shared by every request task (`SshFs` is its face to the kernel).
 /// Lives as long as the mount; everything in it is per mount.
 struct Fs {
-    sftp: Sftp,
+    /// The server, or in write-back mode the journal's view over it.
+    remote: remote::Remote,
     rt: Handle,
     present: Presentation,
     follow_symlinks: bool,
@@ -102,7 +104,7 @@ struct Fs {
 }
 
 impl Fs {
-    fn new(sftp: Sftp, opts: &MountOptions, rt: Handle, _overlay: Option<Overlay>) -> Fs {
+    fn new(sftp: Sftp, opts: &MountOptions, rt: Handle, overlay: Option<Overlay>) -> Fs {
         let ttl = if opts.cache {
             opts.cache_timeout
         } else {
@@ -111,7 +113,7 @@ impl Fs {
         let hiding = hidden::Hiding::new();
         rt.spawn(hiding.clean_root(sftp.clone()));
         Fs {
-            sftp,
+            remote: remote::Remote::new(sftp, overlay),
             rt,
             present: Presentation {
                 uid: opts.uid,
@@ -136,7 +138,7 @@ impl Fs {
 
     /// The server's path of a path relative to the mount root.
     fn full(&self, rel: &str) -> String {
-        Self::join(self.sftp.root(), rel)
+        Self::join(self.remote.root(), rel)
     }
 
     /// `rel` (relative, "" for itself) below the server directory `root`.

@@ -38,9 +38,9 @@ impl Fs {
     /// link still shows as a link).
     pub(super) async fn stat_remote(&self, rel: &str) -> Result<FileAttributes, Error> {
         let full = self.full(rel);
-        let a = self.sftp.lstat(&full).await?;
+        let a = self.remote.lstat(&full).await?;
         if self.follow_symlinks && attr::is_symlink(&a) {
-            return Ok(self.sftp.stat(&full).await.unwrap_or(a));
+            return Ok(self.remote.stat(&full).await.unwrap_or(a));
         }
         Ok(a)
     }
@@ -161,7 +161,7 @@ impl Fs {
     pub(super) async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
         let path = self.path_of(ino)?;
         let target = self
-            .sftp
+            .remote
             .readlink(&self.full(&path))
             .await
             .map_err(|e| errno(&e))?;
@@ -178,7 +178,7 @@ impl Fs {
         rel: &str,
         kind: u32,
         perm: u32,
-        handle: Option<&crate::sftp::File>,
+        handle: Option<&super::remote::RemoteFile>,
     ) -> Result<FileAttributes, Errno> {
         let parent_attrs = self.parent_attrs(parent);
         let predicted = self
@@ -195,7 +195,7 @@ impl Fs {
                 };
                 match handle {
                     Some(f) => f.fsetstat(s).await,
-                    None => self.sftp.setstat(&full, s).await,
+                    None => self.remote.setstat(&full, s).await,
                 }
                 .map_err(|e| errno(&e))
             }
@@ -209,7 +209,7 @@ impl Fs {
         }
         let mut a = match handle {
             Some(f) => f.fstat().await,
-            None => self.sftp.lstat(&full).await,
+            None => self.remote.lstat(&full).await,
         }
         .map_err(|e| errno(&e))?;
         let parent_sgid = parent_attrs
@@ -236,7 +236,7 @@ impl Fs {
     ) -> Result<FileAttr, Errno> {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
         let perm = mode & 0o7777;
-        if let Err(e) = self.sftp.mkdir(&self.full(&cpath), perm).await {
+        if let Err(e) = self.remote.mkdir(&self.full(&cpath), perm).await {
             return Err(self.creation_errno(&e, &cpath).await);
         }
         self.nodes.lock().dir_changed(&ppath, Some(&name), None);
@@ -270,7 +270,7 @@ impl Fs {
             ..Default::default()
         };
         let flags = OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE;
-        let f = match self.sftp.open(&self.full(&cpath), flags, attrs).await {
+        let f = match self.remote.open(&self.full(&cpath), flags, attrs).await {
             Ok(f) => f,
             Err(e) => return Err(self.creation_errno(&e, &cpath).await),
         };
@@ -295,7 +295,7 @@ impl Fs {
         };
         if !hidden {
             let full = self.full(&cpath);
-            let removed = self.sftp.remove(&full).await;
+            let removed = self.remote.remove(&full).await;
             if let Err(e) = removed {
                 self.removing(&ppath, &cpath);
                 return Err(self.unlink_errno(&e, &full).await);
@@ -315,7 +315,7 @@ impl Fs {
     async fn hide(&self, ino: u64, ppath: &str, cpath: &str) -> bool {
         let hpath = child_path(ppath, &self.hiding.name(ino));
         if let Err(e) = self
-            .sftp
+            .remote
             .rename(&self.full(cpath), &self.full(&hpath))
             .await
         {
@@ -328,7 +328,7 @@ impl Fs {
         self.nodes.lock().hide(cpath, &hpath);
         self.sync_names();
         // The last handle may have been released while the rename was on its way.
-        remove_hidden(&self.sftp, self.take_hidden(ino)).await;
+        remove_hidden(&self.remote, self.take_hidden(ino)).await;
         true
     }
 
@@ -336,8 +336,8 @@ impl Fs {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
         let full = self.full(&cpath);
         self.removing(&ppath, &cpath);
-        let removed = match self.sftp.rmdir(&full).await {
-            Err(_) if self.only_hidden_removed(&full).await => self.sftp.rmdir(&full).await,
+        let removed = match self.remote.rmdir(&full).await {
+            Err(_) if self.only_hidden_removed(&full).await => self.remote.rmdir(&full).await,
             r => r,
         };
         self.removing(&ppath, &cpath);
@@ -357,7 +357,7 @@ impl Fs {
     /// while open, or leftovers): if those are all it holds, they are removed so rmdir works as
     /// on a local filesystem. Files of ours still open then work until the next reconnect only.
     async fn only_hidden_removed(&self, full: &str) -> bool {
-        let Ok(list) = self.sftp.read_dir(full).await else {
+        let Ok(list) = self.remote.read_dir(full).await else {
             return false;
         };
         let names: Vec<&str> = list
@@ -369,7 +369,7 @@ impl Fs {
             return false;
         }
         for n in names {
-            if let Err(e) = self.sftp.remove(&Self::join(full, n)).await {
+            if let Err(e) = self.remote.remove(&Self::join(full, n)).await {
                 tracing::debug!(name = n, "removing a hidden file before rmdir: {e}");
             }
         }
@@ -384,7 +384,7 @@ impl Fs {
     ) -> Result<FileAttr, Errno> {
         let (ppath, name, cpath) = self.child_of(parent, name)?;
         let target = target.to_str().ok_or(Errno::EINVAL)?;
-        if let Err(e) = self.sftp.symlink(target, &self.full(&cpath)).await {
+        if let Err(e) = self.remote.symlink(target, &self.full(&cpath)).await {
             return Err(self.creation_errno(&e, &cpath).await);
         }
         self.nodes.lock().dir_changed(&ppath, Some(&name), None);
@@ -397,7 +397,7 @@ impl Fs {
         let a = match predicted {
             Some((_, uid, gid)) => attr::created(S_IFLNK, 0o777, uid, gid, target.len() as u64),
             None => self
-                .sftp
+                .remote
                 .lstat(&self.full(&cpath))
                 .await
                 .map_err(|e| errno(&e))?,
@@ -421,14 +421,14 @@ impl Fs {
         let (npath, newname, to) = self.child_of(newparent, newname)?;
         let (ffrom, fto) = (self.full(&from), self.full(&to));
         if flags.contains(RenameFlags::RENAME_NOREPLACE) {
-            match self.sftp.lstat(&fto).await {
+            match self.remote.lstat(&fto).await {
                 Ok(_) => return Err(Errno::EEXIST),
                 Err(e) if is_enoent(&e) => {}
                 Err(e) => return Err(errno(&e)),
             }
         }
         let aside = self.set_aside(&from, &npath, &to).await;
-        if let Err(e) = self.sftp.rename(&ffrom, &fto).await {
+        if let Err(e) = self.remote.rename(&ffrom, &fto).await {
             if let Some(aside) = &aside {
                 self.put_back(aside, &to).await;
             }
@@ -436,7 +436,7 @@ impl Fs {
         }
         if let Some(aside) = aside {
             // Its last handle may have been released while the rename was on its way.
-            remove_hidden(&self.sftp, self.take_hidden(aside.ino)).await;
+            remove_hidden(&self.remote, self.take_hidden(aside.ino)).await;
         }
         {
             let mut t = self.nodes.lock();
@@ -463,9 +463,9 @@ impl Fs {
             (t.ino_of(from) != Some(ino)).then_some(ino)?
         };
         self.io_of(ino)?;
-        self.sftp.lstat(&self.full(from)).await.ok()?;
+        self.remote.lstat(&self.full(from)).await.ok()?;
         let hpath = child_path(npath, &self.hiding.name(ino));
-        if let Err(e) = self.sftp.rename(&self.full(to), &self.full(&hpath)).await {
+        if let Err(e) = self.remote.rename(&self.full(to), &self.full(&hpath)).await {
             tracing::debug!(
                 path = to,
                 "could not set aside a file replaced while open: {e}"
@@ -480,7 +480,7 @@ impl Fs {
     /// Undoes `set_aside` after the rename failed: the file goes back to its name.
     async fn put_back(&self, aside: &SetAside, to: &str) {
         let (hidden, back) = (self.full(&aside.hidden), self.full(to));
-        if let Err(e) = self.sftp.rename(&hidden, &back).await {
+        if let Err(e) = self.remote.rename(&hidden, &back).await {
             tracing::warn!(path = to, hidden = %hidden, "could not put back a file set aside: {e}");
             return;
         }
@@ -496,7 +496,11 @@ impl Fs {
     ) -> Result<FileAttr, Errno> {
         let from = self.path_of(ino)?;
         let (npath, newname, to) = self.child_of(newparent, newname)?;
-        if let Err(e) = self.sftp.hardlink(&self.full(&from), &self.full(&to)).await {
+        if let Err(e) = self
+            .remote
+            .hardlink(&self.full(&from), &self.full(&to))
+            .await
+        {
             return Err(self.creation_errno(&e, &to).await);
         }
         self.touch_ctime(ino);

@@ -251,7 +251,7 @@ impl Fs {
         let (f, data) = match preloaded {
             Some((f, data)) => (f, Some(data)),
             None => (
-                self.sftp
+                self.remote
                     .open(&self.full(&path), sflags, FileAttributes::default())
                     .await
                     .map_err(|e| errno(&e))?,
@@ -329,7 +329,7 @@ impl Fs {
             permissions: Some(perm),
             ..Default::default()
         };
-        let f = match self.sftp.open(&self.full(&cpath), sflags, attrs).await {
+        let f = match self.remote.open(&self.full(&cpath), sflags, attrs).await {
             Ok(f) => f,
             Err(e) if exclusive => return Err(self.creation_errno(&e, &cpath).await),
             Err(e) => return Err(errno(&e)),
@@ -371,7 +371,7 @@ impl Fs {
         if !of.written() {
             // Nothing was written through this handle: the server's answer to the close
             // changes nothing, so nobody waits for it (the handle slot stays taken until then).
-            let sftp = self.sftp.clone();
+            let sftp = self.remote.clone();
             tokio::spawn(async move {
                 if let Err(e) = of.file.close().await {
                     tracing::debug!(ino = of.ino, "close: {e}");
@@ -381,7 +381,7 @@ impl Fs {
             return flushed.map_err(|e| io_errno(&e));
         }
         let closed = of.file.close().await;
-        remove_hidden(&self.sftp, hidden).await;
+        remove_hidden(&self.remote, hidden).await;
         if let Err(e) = &flushed {
             // Nobody is left to tell: the kernel ignores release errors.
             tracing::warn!(
@@ -486,9 +486,9 @@ impl Fs {
 
 /// Removes the reserved name a file unlinked while open was hidden under, at its last release.
 /// A failure leaves a leftover for a later mount to clean (see `hidden`).
-pub(super) async fn remove_hidden(sftp: &crate::sftp::Sftp, path: Option<String>) {
+pub(super) async fn remove_hidden(remote: &super::remote::Remote, path: Option<String>) {
     if let Some(p) = path
-        && let Err(e) = sftp.remove(&p).await
+        && let Err(e) = remote.remove(&p).await
     {
         tracing::warn!(path = %p, "could not remove a file unlinked while open: {e}");
     }

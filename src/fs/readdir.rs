@@ -151,21 +151,21 @@ impl Fs {
         let fetched = Instant::now();
         let ticket = self.attr_ticket();
         let mut list = self
-            .sftp
+            .remote
             .read_dir(&self.full(path))
             .await
             .map_err(|e| errno(&e))?;
         list.retain(|e| e.name != "." && e.name != ".." && !e.name.contains('/'));
         // Files unlinked while open are not there as far as anyone using the mount can tell.
         self.hiding
-            .skip_hidden(&self.sftp, &self.full(path), &mut list);
+            .skip_hidden(self.remote.sftp(), &self.full(path), &mut list);
         if self.follow_symlinks {
             let links: Vec<usize> = (0..list.len())
                 .filter(|i| attr::is_symlink(&list[*i].attrs))
                 .collect();
             let stats = futures::future::join_all(links.iter().map(|&i| {
                 let full = self.full(&child_path(path, &list[i].name));
-                async move { self.sftp.stat(&full).await }
+                async move { self.remote.stat(&full).await }
             }))
             .await;
             for (i, s) in links.into_iter().zip(stats) {

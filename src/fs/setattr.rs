@@ -338,7 +338,7 @@ impl Fs {
         if set.size.is_some() {
             return Err(Errno::EINVAL);
         }
-        if !self.sftp.has_lsetstat() && (set.uid.is_some() || set.atime.is_some()) {
+        if !self.remote.has_lsetstat() && (set.uid.is_some() || set.atime.is_some()) {
             tracing::debug!(
                 path,
                 "server lacks lsetstat@openssh.com: ownership and times of a symlink not set"
@@ -357,12 +357,12 @@ impl Fs {
         link: bool,
     ) -> Result<(), Error> {
         if link {
-            return self.sftp.lsetstat(full, &set).await;
+            return self.remote.lsetstat(full, &set).await;
         }
         if self.follow_symlinks {
-            return self.sftp.setstat(full, set).await;
+            return self.remote.setstat(full, set).await;
         }
-        self.sftp.setstat_nofollow(full, set).await
+        self.remote.setstat_nofollow(full, set).await
     }
 
     /// Records attributes we changed (fresh, and ctime moved).

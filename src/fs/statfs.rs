@@ -40,7 +40,7 @@ impl Statfs {
 
 impl Fs {
     pub(super) async fn statfs(&self) -> Result<Statfs, Errno> {
-        match self.sftp.statvfs(self.sftp.root()).await {
+        match self.remote.statvfs(self.remote.root()).await {
             Ok(s) => Ok(Statfs {
                 blocks: s.blocks,
                 blocks_free: s.blocks_free,

@@ -309,6 +309,19 @@ impl Sftp {
         matches!(self.lstat(path).await, Err(e) if e.is_status(StatusCode::NoSuchFile))
     }
 
+    /// The login's starting directory (sftp-server's `.`), as the server resolves it.
+    pub async fn home(&self) -> Result<String, Error> {
+        self.on_any_channel(|c| async move {
+            let name = c.raw.realpath(".").await?;
+            name.files
+                .into_iter()
+                .next()
+                .map(|f| f.filename)
+                .ok_or(russh_sftp::client::error::Error::UnexpectedPacket)
+        })
+        .await
+    }
+
     pub async fn statvfs(&self, path: &str) -> Result<Statvfs, Error> {
         self.on_any_channel(|c| async move { c.raw.statvfs(path).await })
             .await

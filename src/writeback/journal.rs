@@ -408,6 +408,12 @@ impl Journal {
     /// Appends `op` and returns its seq once it is written (see the module comment for what
     /// survives what). Waits while the journal holds more than `max_bytes` not yet applied.
     pub async fn append(&self, op: Op) -> Result<u64, JournalError> {
+        self.wait_for_room().await;
+        self.append_now(op)
+    }
+
+    /// Waits while the records not yet applied take more than `max_bytes`.
+    pub async fn wait_for_room(&self) {
         loop {
             let room = self.inner.room.notified();
             tokio::pin!(room);
@@ -420,7 +426,6 @@ impl Journal {
             }
             room.await;
         }
-        self.append_now(op)
     }
 
     /// `append` without waiting for room: for callers that cannot wait (and tests).
@@ -546,6 +551,22 @@ impl Journal {
     pub async fn wait_applied(&self, seq: u64) {
         let mut rx = self.inner.applied.subscribe();
         let _ = rx.wait_for(|&a| a >= seq).await;
+    }
+
+    /// Every seq up to this one is applied (or skipped for good).
+    pub fn applied_through(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// True once `seq` is applied (or skipped for good), in order or not.
+    pub fn is_applied(&self, seq: u64) -> bool {
+        let st = self.inner.state.lock();
+        seq <= st.checkpoint || st.done.contains(&seq)
+    }
+
+    /// Changes each time the checkpoint moves (`applied_through`).
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
     }
 
     /// The newest seq appended (0: none).

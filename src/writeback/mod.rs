@@ -12,6 +12,7 @@
 //! the filesystem knows them when the change is made. The journal stores them as given; the
 //! replayer joins them to the remote root.
 
+pub mod extents;
 pub mod journal;
 pub mod overlay;
 pub mod replay;

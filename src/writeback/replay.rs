@@ -526,9 +526,8 @@ impl Ctx {
         } else {
             None
         };
-        file.fsetstat(sftp_attrs(attrs, base.as_ref()))
-            .await
-            .map_err(|e| fail("setattr", rel, e))
+        let set = sftp_attrs(attrs, base.as_ref());
+        owner_then_rest(rel, set, |a| file.fsetstat(a)).await
     }
 
     /// Setattr by path (a directory, a symlink, or a file with no data change in the batch):
@@ -560,10 +559,7 @@ impl Ctx {
                 .await
                 .map_err(|e| fail("setattr", rel, e));
         }
-        self.sftp
-            .setstat_nofollow(full, set)
-            .await
-            .map_err(|e| fail("setattr", rel, e))
+        owner_then_rest(rel, set, |a| self.sftp.setstat_nofollow(full, a)).await
     }
 
     /// A change to names: mkdir, rename, unlink, rmdir, symlink, link.
@@ -659,6 +655,43 @@ impl Ctx {
 }
 
 /// True if a setattr gives one of a pair SFTP v3 sets together (uid/gid, atime/mtime).
+/// Sets `set` by `send`: the owner first on its own (a chown clears set-ID bits, so the mode
+/// goes after it), and a refused chown is ignored, as the default mode ignores one (the login
+/// may not give files away): the mode and times still go.
+async fn owner_then_rest<F, Fut>(rel: &str, set: FileAttributes, send: F) -> Result<(), Fail>
+where
+    F: Fn(FileAttributes) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let rest = FileAttributes {
+        uid: None,
+        gid: None,
+        ..set.clone()
+    };
+    let has_rest = rest.permissions.is_some() || rest.atime.is_some() || rest.size.is_some();
+    if set.uid.is_some() {
+        let owner = FileAttributes {
+            uid: set.uid,
+            gid: set.gid,
+            ..FileAttributes::empty()
+        };
+        match send(owner).await {
+            Ok(()) => {}
+            Err(e)
+                if e.is_status(StatusCode::PermissionDenied)
+                    || e.is_status(StatusCode::Failure) =>
+            {
+                tracing::debug!(path = rel, "chown refused by the server at replay; ignored");
+            }
+            Err(e) => return Err(fail("chown", rel, e)),
+        }
+    }
+    if has_rest {
+        send(rest).await.map_err(|e| fail("setattr", rel, e))?;
+    }
+    Ok(())
+}
+
 fn pair_partial(a: &Attrs) -> bool {
     (a.uid.is_some() != a.gid.is_some()) || (a.atime.is_some() != a.mtime.is_some())
 }
