@@ -909,6 +909,7 @@ fn password_login_via_stdin() {
     let sshd = Sshd::start();
     let m = Mount::password_user(&sshd);
     fs::write(m.path("pw.txt"), b"by password").expect("write as the password user");
+    m.settle();
     let md = fs::metadata(sshd.user_data.join("pw.txt")).unwrap();
     assert_eq!(
         md.uid(),
@@ -935,6 +936,7 @@ fn encrypted_key_with_passphrase() {
         ),
     );
     fs::write(m.path("k"), b"key").unwrap();
+    m.settle();
     assert_eq!(fs::read(sshd.data.join("k")).unwrap(), b"key");
 }
 

@@ -1258,6 +1258,13 @@ impl World {
             }
             // Written and then closed or fsynced by every handle: the server must have it.
             if !dirty.contains(&ino) {
+                if writeback_tests() {
+                    // Write-back: closed means journaled; an fsync of a directory waits until
+                    // everything is on the server.
+                    fs::File::open(&self.mount)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| format!("fsync of the mount (write-back settle): {e}"))?;
+                }
                 let server = fs::read(join(&self.server, name))
                     .map_err(|e| format!("{name} on the server: {e}"))?;
                 if server != want {

@@ -564,6 +564,19 @@ impl Journal {
         seq <= st.checkpoint || st.done.contains(&seq)
     }
 
+    /// Waits until `seq` is applied (or skipped for good).
+    pub async fn wait_done(&self, seq: u64) {
+        loop {
+            let woken = self.inner.room.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_applied(seq) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Changes each time the checkpoint moves (`applied_through`).
     pub fn watch_applied(&self) -> watch::Receiver<u64> {
         self.inner.applied.subscribe()

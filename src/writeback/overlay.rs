@@ -38,6 +38,8 @@ const S_IFLNK: u32 = 0o120000;
 const MAPPING_TRIES: usize = 4;
 /// How long the pruner lets applied records gather before it walks the view.
 const PRUNE_BATCH: Duration = Duration::from_millis(20);
+/// Longest a server call waits for the replayer to mark a rename it went through done.
+const MOVED_WAIT: Duration = Duration::from_secs(10);
 
 /// What a pending change made of a name.
 #[derive(Debug, Clone)]
@@ -156,10 +158,6 @@ fn parent_of(rel: &str) -> Option<&str> {
     Some(rel.rsplit_once('/').map_or("", |(p, _)| p))
 }
 
-fn name_of(rel: &str) -> &str {
-    rel.rsplit_once('/').map_or(rel, |(_, n)| n)
-}
-
 fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
@@ -216,11 +214,12 @@ impl View {
     }
 
     /// Where `rel` is on the server now, and the renames that mapping went through.
-    fn server_path(&self, rel: &str) -> (String, Vec<u64>) {
+    /// `applied`: whether a rename is on the server already (those are not mapped back).
+    fn server_path(&self, rel: &str, applied: impl Fn(u64) -> bool) -> (String, Vec<u64>) {
         let mut p = rel.to_string();
         let mut used = Vec::new();
         for m in self.moved.iter().rev() {
-            if below_or_at(&p, &m.to) {
+            if below_or_at(&p, &m.to) && !applied(m.seq) {
                 p = rebase(&p, &m.to, &m.from);
                 used.push(m.seq);
             }
@@ -273,18 +272,60 @@ impl View {
     }
 
     /// Forgets what the server has now: nodes whose own changes are all applied, renames
-    /// applied, and written bytes applied where nothing pending zeroes them.
+    /// applied, and written bytes applied where nothing pending zeroes them. A directory made
+    /// here goes with everything below it, once all of that is applied: until then it keeps
+    /// answering for the names it does not hold (no round trip for them, and none needed
+    /// while the server is away).
     fn prune(&mut self, through: u64) {
-        let done: Vec<String> = self
+        let complete = |n: &Node| {
+            matches!(
+                n.state,
+                State::Here {
+                    kind: Kind::Dir { complete: true },
+                    ..
+                }
+            )
+        };
+        let under_complete = |nodes: &BTreeMap<String, Node>, k: &str| {
+            let mut p = k;
+            while let Some(parent) = parent_of(p) {
+                if nodes.get(parent).is_some_and(complete) {
+                    return true;
+                }
+                p = parent;
+            }
+            false
+        };
+        let roots: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.seq <= through)
+            .filter(|(k, n)| complete(n) && !under_complete(&self.nodes, k))
             .map(|(k, _)| k.clone())
             .collect();
-        for k in &done {
+        let mut gone: Vec<String> = Vec::new();
+        for r in &roots {
+            let subtree: Vec<(&String, &Node)> = self
+                .nodes
+                .range(r.clone()..)
+                .take_while(|(k, _)| k.starts_with(r.as_str()))
+                .filter(|(k, _)| below_or_at(k, r))
+                .collect();
+            if subtree.iter().all(|(_, n)| n.seq <= through) {
+                gone.extend(subtree.into_iter().map(|(k, _)| k.clone()));
+            }
+        }
+        gone.extend(
+            self.nodes
+                .iter()
+                .filter(|(k, n)| {
+                    n.seq <= through && !complete(n) && !under_complete(&self.nodes, k)
+                })
+                .map(|(k, _)| k.clone()),
+        );
+        for k in &gone {
             self.nodes.remove(k);
         }
-        for k in &done {
+        for k in &gone {
             if let Some(p) = parent_of(k) {
                 self.incomplete(p);
             }
@@ -357,14 +398,37 @@ impl Overlay {
     {
         let mut tries = 0;
         loop {
-            let (path, used) = self.inner.view.lock().server_path(rel);
+            let (path, used) = self.server_path(rel);
             let r = call(self.full(&path)).await;
             tries += 1;
-            let moved = used.iter().any(|&s| self.inner.journal.is_applied(s));
-            if !moved || tries >= MAPPING_TRIES {
+            if tries >= MAPPING_TRIES || !self.mapping_moved(&used, &r).await {
                 return r;
             }
         }
+    }
+
+    /// True if a server call by a name mapped through pending renames `used` must be made
+    /// again: one of them was applied while it was under way. A name missing there may be
+    /// one the replayer has just moved and not yet marked done: that is waited for (briefly).
+    async fn mapping_moved<T>(&self, used: &[u64], r: &Result<T, Error>) -> bool {
+        let journal = &self.inner.journal;
+        if used.iter().any(|&s| journal.is_applied(s)) {
+            return true;
+        }
+        if used.is_empty() || !matches!(r, Err(e) if e.is_status(StatusCode::NoSuchFile)) {
+            return false;
+        }
+        let all = futures::future::join_all(used.iter().map(|&s| journal.wait_done(s)));
+        tokio::time::timeout(MOVED_WAIT, all).await.is_ok()
+    }
+
+    /// Where `rel` is on the server now (see `View::server_path`).
+    fn server_path(&self, rel: &str) -> (String, Vec<u64>) {
+        let journal = &self.inner.journal;
+        self.inner
+            .view
+            .lock()
+            .server_path(rel, |s| journal.is_applied(s))
     }
 
     fn new_attrs(&self, type_bits: u32, mode: u32, size: u64) -> FileAttributes {
@@ -941,14 +1005,14 @@ impl Overlay {
             None if create => None,
             // Only to read: opened on the server now, as without write-back (its errors are
             // the open's, and the handle serves the reads).
-            None if !flags.contains(OpenFlags::WRITE) => {
+            None if !flags.intersects(OpenFlags::WRITE | OpenFlags::TRUNCATE) => {
                 let file = PendingFile {
                     overlay: self.clone(),
                     rel: Mutex::new(Some(rel.clone())),
                     base: Mutex::new(None),
                     server: tokio::sync::Mutex::new(None),
                 };
-                let (path, _) = self.inner.view.lock().server_path(&rel);
+                let (path, _) = self.server_path(&rel);
                 file.open_server(&mut *file.server.lock().await, self.full(&path))
                     .await?;
                 return Ok(file);
@@ -964,14 +1028,15 @@ impl Overlay {
         let file = PendingFile {
             overlay: self.clone(),
             rel: Mutex::new(Some(rel.clone())),
-            base: Mutex::new(existing.clone()),
+            base: Mutex::new(existing.clone().map(|a| (self.inner.journal.last_seq(), a))),
             server: tokio::sync::Mutex::new(None),
         };
         match existing {
             Some(_) if create && exclusive => Err(failure(full, "exists")),
             Some(_) => {
-                if flags.contains(OpenFlags::TRUNCATE) && flags.contains(OpenFlags::WRITE) {
-                    let base = file.base.lock().take();
+                // Linux truncates on O_TRUNC even when opening read-only.
+                if flags.contains(OpenFlags::TRUNCATE) {
+                    let base = file.take_base();
                     let _turn = self.turn().await;
                     self.current(&rel, full, base.as_ref()).await?;
                     self.truncate_in_turn(&rel, full, 0).await?;
@@ -1124,8 +1189,9 @@ pub struct PendingFile {
     overlay: Overlay,
     /// The file's volume path now (`None`: unlinked, no name).
     rel: Mutex<Option<String>>,
-    /// Its attributes when opened, if it was there already.
-    base: Mutex<Option<FileAttributes>>,
+    /// Its attributes when opened, if it was there already, and the journal's newest seq
+    /// then: they hold only while nothing has been journaled since.
+    base: Mutex<Option<(u64, FileAttributes)>>,
     /// A handle on the server's file, and the server path it was opened by.
     server: tokio::sync::Mutex<Option<(String, File)>>,
 }
@@ -1138,6 +1204,13 @@ impl PendingFile {
             .ok_or_else(|| failure("(unlinked)", "the file has no name any more"))
     }
 
+    /// The attributes the file had at open, once, if nothing was journaled since (a change
+    /// since, even one already applied and forgotten, may have changed them).
+    fn take_base(&self) -> Option<FileAttributes> {
+        let (seq, attrs) = self.base.lock().take()?;
+        (seq == self.overlay.inner.journal.last_seq()).then_some(attrs)
+    }
+
     /// The file's new full path after a rename, or `None`.
     pub fn set_path(&self, full: Option<String>) {
         let rel = full.and_then(|f| self.overlay.rel(&f).ok().map(str::to_string));
@@ -1148,11 +1221,18 @@ impl PendingFile {
     async fn server_read(&self, rel: &str, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
         let mut tries = 0;
         loop {
-            let (path, used) = self.overlay.inner.view.lock().server_path(rel);
+            let (path, used) = self.overlay.server_path(rel);
             let full = self.overlay.full(&path);
             let mut slot = self.server.lock().await;
             if slot.as_ref().is_none_or(|(p, _)| *p != full) {
-                self.open_server(&mut slot, full).await?;
+                let opened = self.open_server(&mut slot, full).await;
+                if opened.is_err() {
+                    tries += 1;
+                    if tries >= MAPPING_TRIES || !self.overlay.mapping_moved(&used, &opened).await {
+                        opened?;
+                    }
+                    continue;
+                }
             }
             let r = slot
                 .as_ref()
@@ -1161,10 +1241,7 @@ impl PendingFile {
                 .read(offset, len)
                 .await;
             tries += 1;
-            let moved = used
-                .iter()
-                .any(|&s| self.overlay.inner.journal.is_applied(s));
-            if !moved || tries >= MAPPING_TRIES {
+            if tries >= MAPPING_TRIES || !self.overlay.mapping_moved(&used, &r).await {
                 return r;
             }
             if let Some((_, old)) = slot.take() {
@@ -1238,7 +1315,7 @@ impl PendingFile {
         let rel = self.rel()?;
         // What the file was at open holds until its first change; after that the view (or,
         // once that is applied, the server) knows better.
-        let base = self.base.lock().take();
+        let base = self.take_base();
         self.overlay.write(&rel, base.as_ref(), offset, data).await
     }
 
@@ -1250,7 +1327,7 @@ impl PendingFile {
     pub async fn fsetstat(&self, attrs: FileAttributes) -> Result<(), Error> {
         let rel = self.rel()?;
         let full = self.overlay.full(&rel);
-        let base = self.base.lock().take();
+        let base = self.take_base();
         self.overlay
             .set_attrs(&rel, &full, attrs, base.as_ref())
             .await
@@ -1290,12 +1367,19 @@ mod tests {
         assert!(matches!(v.found("old/x"), Found::Server));
         assert!(matches!(v.found("gone/x/y"), Found::Missing));
         assert!(matches!(v.found("other/x"), Found::Server));
-        // Forgetting a child makes its parent the server's to answer for.
+        // A directory made here keeps what is below it until all of it is applied...
         v.set("new/f", 3, here_dir(false));
         v.prune(4);
-        assert!(v.nodes.contains_key("new"));
-        assert!(!v.nodes.contains_key("new/f"));
-        assert!(matches!(v.found("new/f"), Found::Server));
+        assert!(v.nodes.contains_key("new/f"));
+        assert!(matches!(v.found("new/x"), Found::Missing));
+        v.prune(5);
+        assert!(!v.nodes.contains_key("new") && !v.nodes.contains_key("new/f"));
+        // ...elsewhere a name goes alone, and its parent is the server's to answer for then.
+        v.set("old/f", 3, State::Gone);
+        v.prune(5);
+        assert!(v.nodes.contains_key("old"));
+        assert!(!v.nodes.contains_key("old/f"));
+        assert!(matches!(v.found("old/f"), Found::Server));
     }
 
     #[test]
@@ -1311,12 +1395,12 @@ mod tests {
             from: "b/c".into(),
             to: "d".into(),
         });
-        assert_eq!(v.server_path("d/x").0, "a/c/x");
-        assert_eq!(v.server_path("d/x").1, vec![4, 3]);
-        assert_eq!(v.server_path("b").0, "a");
-        assert_eq!(v.server_path("bx").0, "bx");
+        assert_eq!(v.server_path("d/x", |_| false).0, "a/c/x");
+        assert_eq!(v.server_path("d/x", |_| false).1, vec![4, 3]);
+        assert_eq!(v.server_path("b", |_| false).0, "a");
+        assert_eq!(v.server_path("bx", |_| false).0, "bx");
         v.prune(3);
-        assert_eq!(v.server_path("d/x").0, "b/c/x");
+        assert_eq!(v.server_path("d/x", |_| false).0, "b/c/x");
     }
 
     #[test]
@@ -1329,6 +1413,5 @@ mod tests {
         assert_eq!(root, vec!["a", "ab", "z"]);
         let a: Vec<&str> = v.children("a").map(|(n, _)| n).collect();
         assert_eq!(a, vec!["b", "d"]);
-        assert_eq!(name_of("a/b/c"), "c");
     }
 }

@@ -336,6 +336,12 @@ pub fn is_mounted(dir: &Path) -> bool {
 
 /// `DVS_TEST_MOUNT_IMPL=sshfs` runs the mounting tests against the C sshfs instead of ours
 /// (a reference run: a test that fails there too tests something sshfs does not do either).
+/// `SSHFS_TEST_WRITEBACK=1`: the filesystem tests mount in write-back mode (each mount with
+/// its own journal), and look at the server only once the changes made through it are there.
+pub fn writeback_tests() -> bool {
+    std::env::var_os("SSHFS_TEST_WRITEBACK").is_some_and(|v| v == "1")
+}
+
 pub fn reference_sshfs() -> bool {
     std::env::var("DVS_TEST_MOUNT_IMPL").is_ok_and(|v| v == "sshfs")
 }
@@ -406,6 +412,12 @@ impl Mount {
             if !options.is_empty() {
                 cmd.arg("-o").arg(options);
             }
+            let read_only = options.split(',').any(|o| o == "ro" || o == "read_only");
+            if writeback_tests() && !options.contains("writeback") && !read_only {
+                let journal = dir.path().join("journal");
+                cmd.arg("-o")
+                    .arg(format!("writeback=yes,writeback_dir={}", journal.display()));
+            }
         }
         cmd.arg(remote).arg(&mountpoint);
         cmd.stdin(if stdin.is_some() {
@@ -473,6 +485,15 @@ impl Mount {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every change made through the mount is on the server (fsync of its root
+    /// directory: immediate without write-back, where every call returned only then).
+    pub fn settle(&self) {
+        if let Ok(d) = fs::File::open(self.path("")) {
+            d.sync_all()
+                .expect("fsync of the mount's root (write-back settle)");
         }
     }
 
@@ -559,8 +580,12 @@ impl Mounted {
         self.mount.path(rel)
     }
 
-    /// `rel` on the server's disk (the same file, not through the mount).
+    /// `rel` on the server's disk (the same file, not through the mount). In write-back
+    /// runs, once every change made through the mount is there.
     pub fn server(&self, rel: impl AsRef<Path>) -> PathBuf {
+        if writeback_tests() {
+            self.mount.settle();
+        }
         self.sshd.data.join(rel)
     }
 }
