@@ -253,6 +253,14 @@ pub enum OptionError {
     Unknown { name: String },
     #[error("options {0} and {1} cannot be used together")]
     Conflict(String, String),
+    #[error("option {0} is for write-back mode only: add -o writeback=yes (or remove {0})")]
+    NeedsWriteback(String),
+    #[error("option {name} cannot be used {place}: {why}")]
+    NotHere {
+        name: String,
+        place: &'static str,
+        why: &'static str,
+    },
 }
 
 /// Options this implementation acts on.
@@ -285,6 +293,9 @@ const HONOURED: &[&str] = &[
     "cache",
     "cache_timeout",
     "strict_chown",
+    "writeback",
+    "writeback_max",
+    "writeback_dir",
     "idmap",
     "ssh_config",
     "F",
@@ -431,6 +442,10 @@ pub fn parse(
     let mut given = std::collections::BTreeSet::new();
     let mut sshcmd: Option<String> = remote.map(str::to_string);
     let mut password_stdin = false;
+    // Write-back is settled after the loop: its options may come in any order.
+    let mut writeback = false;
+    let mut writeback_max: Option<u64> = None;
+    let mut writeback_dir: Option<PathBuf> = None;
 
     for (name, value) in raw {
         let Some(key) = canonical(name.trim()) else {
@@ -523,6 +538,30 @@ pub fn parse(
             "cache" => o.cache = yes_no(key, v)?,
             "cache_timeout" => o.cache_timeout = CACHE_TIMEOUT.seconds(key, v)?,
             "strict_chown" => o.strict_chown = flag(key, v)?,
+            "writeback" => writeback = flag(key, v)?,
+            "writeback_max" => {
+                writeback_max = Some(parse_size(
+                    key,
+                    need(key, v, WRITEBACK_MAX_EXPECTED)?,
+                    WRITEBACK_MAX_MIN,
+                    WRITEBACK_MAX_EXPECTED,
+                )?)
+            }
+            "writeback_dir" => {
+                if ctx == Context::Plugin {
+                    return Err(OptionError::NotHere {
+                        name: key.into(),
+                        place: "with the plugin",
+                        why: "the plugin keeps each volume's write-back journal under its state \
+                              directory (state.source, in writeback/); remove the option",
+                    });
+                }
+                writeback_dir = Some(PathBuf::from(need(
+                    key,
+                    v,
+                    "a local directory for the write-back journal",
+                )?));
+            }
             "idmap" => {
                 // sshfs's idmap=user shows the login's files as the local user's; uid=/gid= does
                 // the same here, and "none" is the default.
@@ -588,11 +627,48 @@ pub fn parse(
             "password_file".into(),
         ));
     }
+    o.writeback = write_back(writeback, writeback_max, writeback_dir, o.read_only, ctx)?;
     Ok(ParsedOptions {
         options: o,
         wants_password_stdin: password_stdin,
         given,
     })
+}
+
+/// The write-back settings from `writeback`, `writeback_max` and `writeback_dir`.
+fn write_back(
+    on: bool,
+    max: Option<u64>,
+    dir: Option<PathBuf>,
+    read_only: bool,
+    ctx: Context,
+) -> Result<Option<WriteBack>, OptionError> {
+    if !on {
+        return match (max, dir) {
+            (Some(_), _) => Err(OptionError::NeedsWriteback("writeback_max".into())),
+            (_, Some(_)) => Err(OptionError::NeedsWriteback("writeback_dir".into())),
+            (None, None) => Ok(None),
+        };
+    }
+    if read_only {
+        // A read-only mount makes no changes to journal.
+        return Err(OptionError::Conflict("writeback".into(), "ro".into()));
+    }
+    if ctx == Context::Command && dir.is_none() {
+        // The journal must outlive the process (what is pending is replayed by the next mount
+        // of the same directory), so its place is the user's choice, not a temporary one.
+        return Err(OptionError::MissingValue {
+            name: "writeback_dir".into(),
+            expected: "writeback=yes needs -o writeback_dir=PATH with the mount command: a \
+                       local directory that keeps the journal between runs (not inside the \
+                       mountpoint)"
+                .into(),
+        });
+    }
+    Ok(Some(WriteBack {
+        max_bytes: max.unwrap_or(WRITEBACK_MAX_DEFAULT),
+        dir,
+    }))
 }
 
 /// The result of [`parse`].
@@ -703,6 +779,35 @@ impl Range {
             self.parse(name, need(name, v, self.expected)?)?,
         ))
     }
+}
+
+/// `writeback_max` when not given: 1 GiB of changes not yet on the server.
+pub const WRITEBACK_MAX_DEFAULT: u64 = 1 << 30;
+/// Below this the journal would make writes wait on every few records.
+pub const WRITEBACK_MAX_MIN: u64 = 1 << 20;
+const WRITEBACK_MAX_EXPECTED: &str = "a size of at least 1M (1048576 bytes), like 256M or 4G \
+     (a number of bytes, or with K, M, G or T: powers of 1024, KiB or KB alike)";
+
+/// A byte count: a whole number, optionally followed by K, M, G or T (powers of 1024), with or
+/// without `iB`/`B`, in any case (`512M`, `4GiB`, `1tb`, `1048576`). At least `min`.
+fn parse_size(name: &str, v: &str, min: u64, expected: &str) -> Result<u64, OptionError> {
+    let t = v.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad_value(name, v, expected)),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n >= min)
+        .ok_or_else(|| bad_value(name, v, expected))
 }
 
 fn parse_umask(v: &str) -> Result<u32, OptionError> {
@@ -891,6 +996,152 @@ mod tests {
         assert!(e.contains("uid") && e.contains("4294967294"), "{e}");
         assert!(one("gid", "-1").is_err());
         assert!(one("umask", "1000").is_err());
+    }
+
+    #[test]
+    fn writeback_is_off_unless_asked_and_defaults_to_1_gib() {
+        assert_eq!(plugin(&[("sshcmd", "h:/x")]).unwrap().writeback, None);
+        assert_eq!(
+            plugin(&[("sshcmd", "h:/x"), ("writeback", "no")])
+                .unwrap()
+                .writeback,
+            None
+        );
+        for on in ["", "yes", "true", "1", "on"] {
+            let o = plugin(&[("sshcmd", "h:/x"), ("writeback", on)]).unwrap();
+            assert_eq!(
+                o.writeback,
+                Some(WriteBack {
+                    max_bytes: 1 << 30,
+                    dir: None
+                }),
+                "writeback={on}"
+            );
+        }
+        let cli = parse(
+            &split_cli_options("writeback,writeback_dir=/var/tmp/j"),
+            Some("h:/x"),
+            Context::Command,
+        )
+        .unwrap()
+        .options;
+        assert_eq!(
+            cli.writeback,
+            Some(WriteBack {
+                max_bytes: 1 << 30,
+                dir: Some(PathBuf::from("/var/tmp/j"))
+            })
+        );
+    }
+
+    #[test]
+    fn writeback_max_takes_sizes_with_binary_suffixes() {
+        let max = |v: &str| {
+            plugin(&[
+                ("sshcmd", "h:/x"),
+                ("writeback", "yes"),
+                ("writeback_max", v),
+            ])
+            .map(|o| o.writeback.unwrap().max_bytes)
+        };
+        for (v, want) in [
+            ("1048576", 1u64 << 20),
+            ("1M", 1 << 20),
+            ("1m", 1 << 20),
+            ("1MiB", 1 << 20),
+            ("1mib", 1 << 20),
+            ("1MB", 1 << 20),
+            ("2048K", 2 << 20),
+            ("2048kib", 2 << 20),
+            ("256M", 256 << 20),
+            (" 4G ", 4 << 30),
+            ("4 GiB", 4 << 30),
+            ("4gb", 4 << 30),
+            ("2T", 2 << 40),
+            ("1TiB", 1 << 40),
+            ("5000000B", 5_000_000),
+        ] {
+            assert_eq!(max(v), Ok(want), "writeback_max={v}");
+        }
+        for v in [
+            "1048575",
+            "1023K",
+            "0",
+            "0G",
+            "1.5G",
+            "G",
+            "iB",
+            "4iB",
+            "4P",
+            "4 G B",
+            "-1G",
+            "+1G",
+            "lots",
+            "99999999999999999999",
+            "20000000T",
+        ] {
+            let e = max(v).unwrap_err().to_string();
+            assert!(
+                e.contains("writeback_max") && e.contains(v) && e.contains("at least 1M"),
+                "writeback_max={v}: {e}"
+            );
+        }
+        let e = max("").unwrap_err().to_string();
+        assert!(e.contains("writeback_max needs a value"), "{e}");
+    }
+
+    #[test]
+    fn writeback_options_need_writeback_and_their_context() {
+        for (name, v) in [("writeback_max", "64M"), ("writeback_dir", "/j")] {
+            for wb in [None, Some("no")] {
+                let mut items = vec![(name, v)];
+                if let Some(wb) = wb {
+                    items.push(("writeback", wb));
+                }
+                let raw: RawOptions = items
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                    .collect();
+                let e = parse(&raw, Some("h:/x"), Context::Command)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(name) && e.contains("add -o writeback=yes"),
+                    "{name} with writeback={wb:?}: {e}"
+                );
+            }
+        }
+        let e = plugin(&[
+            ("sshcmd", "h:/x"),
+            ("writeback", ""),
+            ("writeback_dir", "/j"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("writeback_dir") && e.contains("state directory") && e.contains("remove"),
+            "{e}"
+        );
+        for ro in [("ro", ""), ("rw", "no")] {
+            let e = plugin(&[("sshcmd", "h:/x"), ("writeback", "yes"), ro])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, "options writeback and ro cannot be used together");
+        }
+        // The command has no state directory: the journal's place must be given.
+        let e = parse(
+            &split_cli_options("writeback=yes"),
+            Some("h:/x"),
+            Context::Command,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("writeback_dir=PATH"), "{e}");
+        assert!(
+            OptionError::Unknown { name: "x".into() }
+                .to_string()
+                .contains("writeback_max")
+        );
     }
 
     #[test]

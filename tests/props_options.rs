@@ -1,6 +1,7 @@
 //! Property tests (a fuzzer in miniature) over the option parser: whatever users or Docker send,
 //! parsing never panics, errors always say what to fix, valid remotes round-trip, and every
-//! number is taken within its range or refused with the option, the range and the value named.
+//! number (and `writeback_max`'s sizes) is taken within its range or refused with the option,
+//! the range and the value named.
 
 use std::collections::BTreeMap;
 
@@ -137,6 +138,57 @@ proptest! {
             }
             (Ok(_), None) => prop_assert!(false, "{} = {:?} accepted out of range", name, value),
             (Err(e), Some(_)) => prop_assert!(false, "{} = {:?} refused: {}", name, value, e),
+        }
+    }
+
+    /// `writeback_max`: a byte count with an optional binary suffix, 1 MiB at least; anything
+    /// else is refused naming the option, the minimum and the value.
+    #[test]
+    fn writeback_max_is_a_size_of_1m_or_more_or_refused_saying_so(
+        number in prop_oneof![
+            3 => (0u64..5000).prop_map(|n| n.to_string()),
+            2 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => "[0-9]{20,30}",
+            1 => any_text(),
+        ],
+        space in prop_oneof![4 => Just(""), 1 => Just(" ")],
+        unit in prop_oneof![
+            Just(""), Just("b"), Just("B"), Just("k"), Just("KiB"), Just("kB"), Just("M"),
+            Just("mib"), Just("MB"), Just("g"), Just("GiB"), Just("Gb"), Just("T"), Just("tib"),
+            Just("TB"), Just("iB"), Just("P"), Just("x"), Just("GG"),
+        ],
+    ) {
+        let value = format!("{number}{space}{unit}");
+        // The model: surrounding blanks do not count, nor blanks between number and unit.
+        let t = value.trim();
+        let (digits, rest) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+        let shift = match rest.trim_start().to_ascii_lowercase().as_str() {
+            "" | "b" => Some(0),
+            "k" | "kb" | "kib" => Some(10),
+            "m" | "mb" | "mib" => Some(20),
+            "g" | "gb" | "gib" => Some(30),
+            "t" | "tb" | "tib" => Some(40),
+            _ => None,
+        };
+        let want = shift
+            .and_then(|sh| digits.parse::<u64>().ok()?.checked_mul(1u64 << sh))
+            .filter(|n| *n >= 1 << 20);
+        let mut opts = BTreeMap::new();
+        opts.insert("sshcmd".to_string(), "h:/x".to_string());
+        opts.insert("writeback".to_string(), "yes".to_string());
+        opts.insert("writeback_max".to_string(), value.clone());
+        let parsed = options::parse(&options::from_docker_opts(&opts), None, Context::Plugin);
+        match (parsed, want) {
+            (Ok(p), Some(n)) => prop_assert_eq!(p.options.writeback.unwrap().max_bytes, n),
+            (Err(e), None) => {
+                let msg = e.to_string();
+                prop_assert!(msg.contains("writeback_max"), "{}", msg);
+                if !value.trim().is_empty() {
+                    prop_assert!(msg.contains("at least 1M") && msg.contains(&value), "{}", msg);
+                }
+            }
+            (Ok(p), None) => prop_assert!(false, "{:?} accepted as {:?}", value, p.options.writeback),
+            (Err(e), Some(_)) => prop_assert!(false, "{:?} refused: {}", value, e),
         }
     }
 
