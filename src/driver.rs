@@ -48,6 +48,11 @@ const MOUNT_DEADLINE: Duration = Duration::from_secs(110);
 /// How long an Unmount waits for a busy mount to finish before leaving it detached.
 const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
 
+/// What the last Unmount gives a write-back volume's journal to drain (at most; less with a
+/// smaller `reconnect_timeout`): dockerd gives Unmount one minute, and what does not drain
+/// stays journaled for the next mount.
+const UNMOUNT_REPLAY: Duration = Duration::from_secs(45);
+
 /// Of the shutdown budget, the part kept for unmounting after the drain.
 const UNMOUNT_RESERVE: Duration = Duration::from_secs(2);
 
@@ -886,7 +891,7 @@ impl Driver {
             let _ = w.await;
         }
         let Some(mounted) = mounted else { return };
-        match unmount_mounted(mounted, UNMOUNT_WAIT, None).await {
+        match unmount_mounted(mounted, UNMOUNT_WAIT, Some(UNMOUNT_REPLAY)).await {
             Ok(()) => tracing::info!(volume = %name, "unmounted"),
             Err(e) => {
                 tracing::warn!(volume = %name, "unmount failed: {e}");
@@ -1018,7 +1023,8 @@ fn resolved_options_of(
 }
 
 /// Unmounts a mount taken out of its volume's state, waiting up to `wait` for a busy mount;
-/// `replay`: what the write-back replayer gets to drain after it (default: `reconnect_timeout`).
+/// `replay`: at most what the write-back replayer gets to drain after it (default and most:
+/// `reconnect_timeout`).
 async fn unmount_mounted(
     mounted: Arc<Mounted>,
     wait: Duration,

@@ -202,13 +202,13 @@ impl Mounted {
     }
 
     /// After the session ended by itself (an external `umount`): gives the write-back replayer
-    /// `replay_budget` to drain, then disconnects. Nothing is unmounted (the path may be
+    /// at most `replay_cap` to drain, then disconnects. Nothing is unmounted (the path may be
     /// someone else's mount now).
-    pub async fn close_ended(self, replay_budget: Duration) {
+    pub async fn close_ended(self, replay_cap: Duration) {
         let mut ended = self.ended.clone();
         let _ = ended.wait_for(|e| *e).await;
         if let Some(mut w) = self.writeback {
-            w.budget = replay_budget;
+            w.budget = w.budget.min(replay_cap);
             w.finish(&self.mountpoint).await;
         }
         self.sftp.disconnect().await;
@@ -228,10 +228,11 @@ impl Mounted {
         self.unmount_within(wait, budget).await
     }
 
-    /// `unmount_waiting`, giving the write-back replayer `replay_budget` (instead of
-    /// `reconnect_timeout`) to drain after the session ended: the plugin's shutdown has
-    /// drained already (`drain`) and has seconds left, not a minute.
-    pub async fn unmount_within(self, wait: Duration, replay_budget: Duration) -> io::Result<()> {
+    /// `unmount_waiting`, giving the write-back replayer at most `replay_cap` (less than
+    /// `reconnect_timeout` if smaller) to drain after the session ended: dockerd gives an
+    /// Unmount one minute, and the plugin's shutdown has drained already (`drain`) and has
+    /// seconds left.
+    pub async fn unmount_within(self, wait: Duration, replay_cap: Duration) -> io::Result<()> {
         let Mounted {
             mountpoint,
             sftp,
@@ -240,7 +241,7 @@ impl Mounted {
             ..
         } = self;
         if let Some(w) = &mut writeback {
-            w.budget = replay_budget;
+            w.budget = w.budget.min(replay_cap);
         }
         let detached = match lazy_unmount(&mountpoint) {
             Ok(()) => Ok(()),
