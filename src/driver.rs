@@ -238,6 +238,10 @@ struct MountState {
     last_error: Option<(String, String)>,
     /// What earlier mounts of the volume (since the plugin started) transferred.
     earlier: Counters,
+    /// What the journal held when Status last opened it, and when: only a mount of this
+    /// process changes an idle volume's journal, so this holds until the next Mount (opening
+    /// a journal reads its segments and fsyncs, too much for every Get).
+    idle_journal: Option<(Instant, Option<JournalStats>)>,
 }
 
 impl Status {
@@ -534,7 +538,11 @@ impl Driver {
         if let Some(wb) = &mut opts.writeback {
             wb.dir = Some(self.journal_dir(&rec)?);
         }
-        runtime.mount.lock().mounting = true;
+        {
+            let mut state = runtime.mount.lock();
+            state.mounting = true;
+            state.idle_journal = None;
+        }
         let result = self.connect(name, &opts, &mp).await;
         runtime.mount.lock().mounting = false;
         let mounted = match result {
@@ -705,8 +713,17 @@ impl Driver {
         let dir = self.journal_dir(rec).ok().filter(|d| d.exists())?;
         let runtime = self.runtime(&rec.name);
         let _guard = runtime.calls.try_lock().ok()?;
-        if runtime.mount.lock().mounted.is_some() {
-            return None;
+        {
+            let state = runtime.mount.lock();
+            if state.mounted.is_some() {
+                return None;
+            }
+            if let Some((at, seen)) = &state.idle_journal {
+                return seen.clone().map(|mut st| {
+                    st.oldest_age = st.oldest_age.map(|a| a + at.elapsed());
+                    st
+                });
+            }
         }
         let _lock = JournalLock::take(&dir).ok()?;
         let stats = match Journal::open(&dir, options::WRITEBACK_MAX_DEFAULT) {
@@ -716,7 +733,9 @@ impl Driver {
                 return None;
             }
         };
-        (stats.pending_ops > 0).then_some(stats)
+        let pending = (stats.pending_ops > 0).then_some(stats);
+        runtime.mount.lock().idle_journal = Some((Instant::now(), pending.clone()));
+        pending
     }
 
     /// Status from the options and the live mount, if any.
@@ -1451,11 +1470,16 @@ mod tests {
         assert_eq!(wb["applied_through"], 0, "{st}");
         assert!(!wb["oldest_age"].is_null(), "{st}");
         assert_eq!(st["state"], "idle");
-        // While something holds the journal (a mount of it), Get does not open it.
+        // Only a Mount changes an idle journal: what Get saw holds until then.
+        assert_eq!(status(&drv)["writeback"]["pending_ops"], 2);
+        let mounted = || drv.runtime("v").mount.lock().idle_journal = None;
+        // While something holds the journal (a detached mount), Get does not open it.
+        mounted();
         let held = JournalLock::take(&jdir).unwrap();
         assert!(status(&drv).get("writeback").is_none());
         drop(held);
         replay_all(&jdir);
+        mounted();
         assert!(status(&drv).get("writeback").is_none(), "nothing pending");
         std::fs::remove_dir_all(&dir).unwrap();
     }
