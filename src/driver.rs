@@ -14,6 +14,12 @@
 //! without Unmount, e.g. dockerd was killed) stays removable: Remove only refuses while the
 //! volume is actually mounted.
 //!
+//! Write-back volumes (`-o writeback=yes`) keep their journal in the state directory
+//! (`Store::writeback_path`), never under the volumes dir. Remove refuses while the journal
+//! holds changes not on the server (remote data is never the driver's to drop, and neither is
+//! a change the user made), and deletes the journal when it is empty. Status shows the live
+//! replayer's figures, or what an idle volume's journal still holds.
+//!
 //! One file because every call goes through the same per-volume lock and mount state; split by
 //! call, that invariant would be spread over several. The last seventh is unit tests.
 
@@ -29,10 +35,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::mount::{self, Mounted};
+use crate::mount::{self, JournalLock, MountError, Mounted};
 use crate::options::{self, Context, MountOptions, OptionError, StrictHostKeyChecking};
 use crate::sftp::{Counters, LinkState};
 use crate::state::{NewerRecord, StateError, Store, VolumeRecord};
+use crate::writeback::{Journal, JournalStats, ReplayStats};
 
 /// dockerd gives Mount two minutes; answering a little earlier means a timed-out mount is
 /// cleaned up by us rather than left counted after dockerd stopped waiting.
@@ -40,6 +47,11 @@ const MOUNT_DEADLINE: Duration = Duration::from_secs(110);
 
 /// How long an Unmount waits for a busy mount to finish before leaving it detached.
 const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+
+/// What the last Unmount gives a write-back volume's journal to drain (at most; less with a
+/// smaller `reconnect_timeout`): dockerd gives Unmount one minute, and what does not drain
+/// stays journaled for the next mount.
+const UNMOUNT_REPLAY: Duration = Duration::from_secs(45);
 
 /// Of the shutdown budget, the part kept for unmounting after the drain.
 const UNMOUNT_RESERVE: Duration = Duration::from_secs(2);
@@ -87,6 +99,20 @@ pub enum DriverError {
          never deleted by docker volume rm"
     )]
     InUse { name: String, count: u64 },
+    #[error(
+        "volume {name} has {ops} changes ({bytes} bytes) not yet on the server (write-back \
+         mode): mount it once so they are replayed, for example \
+         docker run --rm -v {name}:/v busybox true, then remove it"
+    )]
+    Pending { name: String, ops: u64, bytes: u64 },
+    #[error(
+        "volume '{0}' is still served by a detached mount (files were open when it was \
+         unmounted), which holds its write-back journal: stop the processes using those files \
+         (or wait until they close them), then retry"
+    )]
+    JournalBusy(String),
+    #[error("volume '{name}': {reason}")]
+    Journal { name: String, reason: String },
     #[error("cannot mount volume '{name}' from {remote}: {reason}")]
     Mount {
         name: String,
@@ -149,8 +175,21 @@ pub struct Status {
     /// Totals since the plugin started, over every mount of the volume.
     #[serde(flatten)]
     pub totals: Counters,
+    /// Write-back: the replayer's figures while mounted, or what the journal of an idle
+    /// volume still holds (only when it holds something).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writeback: Option<WriteBackStatus>,
     /// The plugin's version (`docker-volume-sshfs --version`).
     pub plugin_version: &'static str,
+}
+
+/// The `writeback` object of Status: `pending_ops`, `pending_bytes`, `oldest_age`, `last_seq`
+/// and `applied_through` either way; a mounted volume adds what its replayer did.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum WriteBackStatus {
+    Mounted(ReplayStats),
+    Idle(JournalStats),
 }
 
 /// A jump host as Status shows it.
@@ -199,6 +238,10 @@ struct MountState {
     last_error: Option<(String, String)>,
     /// What earlier mounts of the volume (since the plugin started) transferred.
     earlier: Counters,
+    /// What the journal held when Status last opened it, and when: only a mount of this
+    /// process changes an idle volume's journal, so this holds until the next Mount (opening
+    /// a journal reads its segments and fsyncs, too much for every Get).
+    idle_journal: Option<(Instant, Option<JournalStats>)>,
 }
 
 impl Status {
@@ -219,6 +262,7 @@ impl Status {
             hostkey_revoked: None,
             jump_hosts: Vec::new(),
             totals: Counters::default(),
+            writeback: None,
             plugin_version: crate::version::VERSION,
         }
     }
@@ -331,7 +375,10 @@ impl Driver {
         futures::future::join_all(drains).await;
         let unmounts = mounted.into_iter().map(|(name, m)| async move {
             let wait = deadline.saturating_duration_since(Instant::now());
-            match unmount_mounted(m, wait).await {
+            // The write-back replayer drained above; after the session ends it gets what is
+            // left of the budget, and the rest stays journaled for the next start.
+            let replay = deadline.saturating_duration_since(Instant::now());
+            match unmount_mounted(m, wait, Some(replay)).await {
                 Ok(()) => tracing::info!(volume = %name, "unmounted"),
                 Err(e) => tracing::warn!(volume = %name, "unmount failed: {e}"),
             }
@@ -391,6 +438,8 @@ impl Driver {
                 count: rec.mounts.total(),
             });
         }
+        // Held until the journal is deleted: no mount can open it in between.
+        let journal = self.check_journal_empty(&rec).await?;
         if !rec.mounts.is_empty() {
             tracing::warn!(
                 volume = %name,
@@ -407,8 +456,65 @@ impl Driver {
                 tracing::warn!(path = %mp.display(), "left the mount directory in place: {e}")
             }
         }
+        if let Some((dir, lock)) = journal {
+            // Local files only (segments, progress, lock), and no pending change among them.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), "left the empty write-back journal in place: {e}");
+            }
+            drop(lock);
+        }
         self.forget(name, &runtime);
         Ok(())
+    }
+
+    /// The volume's write-back journal, locked, if it has one, after checking that it holds no
+    /// change that is not on the server yet (refused with what to do if it does).
+    async fn check_journal_empty(
+        &self,
+        rec: &VolumeRecord,
+    ) -> Result<Option<(PathBuf, JournalLock)>, DriverError> {
+        let dir = self.journal_dir(rec)?;
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let journal_err = |e: MountError| match e {
+            MountError::JournalBusy { .. } => DriverError::JournalBusy(rec.name.clone()),
+            e => DriverError::Journal {
+                name: rec.name.clone(),
+                reason: e.to_string(),
+            },
+        };
+        let lock = JournalLock::take(&dir).map_err(journal_err)?;
+        let stats = mount::open_journal(&dir, options::WRITEBACK_MAX_DEFAULT)
+            .await
+            .map_err(journal_err)?
+            .stats();
+        if stats.pending_ops > 0 {
+            return Err(DriverError::Pending {
+                name: rec.name.clone(),
+                ops: stats.pending_ops,
+                bytes: stats.pending_bytes,
+            });
+        }
+        Ok(Some((dir, lock)))
+    }
+
+    /// Where the volume's write-back journal lives: `STATE/writeback/<mount dir name>`.
+    fn journal_dir(&self, rec: &VolumeRecord) -> Result<PathBuf, DriverError> {
+        self.store
+            .writeback_path(&rec.dir)
+            // A state directory inside the volumes dir would put journals under a mount.
+            .filter(|p| !p.starts_with(&self.volumes_dir))
+            .ok_or_else(|| DriverError::Journal {
+                name: rec.name.clone(),
+                reason: format!(
+                    "no place for its write-back journal: its directory name {:?} is not a \
+                     plain file name, or the state directory is inside the volumes directory \
+                     {}; recreate the volume, or move the state directory",
+                    rec.dir,
+                    self.volumes_dir.display()
+                ),
+            })
     }
 
     /// Counts the mount and returns the mountpoint; the first Mount connects and mounts.
@@ -428,8 +534,15 @@ impl Driver {
             return Ok(mp);
         }
 
-        let opts = self.effective_options(&rec)?;
-        runtime.mount.lock().mounting = true;
+        let mut opts = self.effective_options(&rec)?;
+        if let Some(wb) = &mut opts.writeback {
+            wb.dir = Some(self.journal_dir(&rec)?);
+        }
+        {
+            let mut state = runtime.mount.lock();
+            state.mounting = true;
+            state.idle_journal = None;
+        }
         let result = self.connect(name, &opts, &mp).await;
         runtime.mount.lock().mounting = false;
         let mounted = match result {
@@ -586,6 +699,47 @@ impl Driver {
     }
 
     fn status(&self, rec: &VolumeRecord) -> Status {
+        let mut st = self.status_of_mount(rec);
+        if st.writeback.is_none() && st.state != VolumeState::Mounting {
+            st.writeback = self.idle_journal(rec).map(WriteBackStatus::Idle);
+        }
+        st
+    }
+
+    /// What the journal of a volume that is not mounted still holds, if anything. Looked at
+    /// only while no call of the volume runs (a Mount opens the journal itself) and nothing
+    /// else holds the journal; `None` then, or when there is nothing pending.
+    fn idle_journal(&self, rec: &VolumeRecord) -> Option<JournalStats> {
+        let dir = self.journal_dir(rec).ok().filter(|d| d.exists())?;
+        let runtime = self.runtime(&rec.name);
+        let _guard = runtime.calls.try_lock().ok()?;
+        {
+            let state = runtime.mount.lock();
+            if state.mounted.is_some() {
+                return None;
+            }
+            if let Some((at, seen)) = &state.idle_journal {
+                return seen.clone().map(|mut st| {
+                    st.oldest_age = st.oldest_age.map(|a| a + at.elapsed());
+                    st
+                });
+            }
+        }
+        let _lock = JournalLock::take(&dir).ok()?;
+        let stats = match Journal::open(&dir, options::WRITEBACK_MAX_DEFAULT) {
+            Ok(j) => j.stats(),
+            Err(e) => {
+                tracing::warn!(volume = %rec.name, "cannot read the write-back journal for Status: {e}");
+                return None;
+            }
+        };
+        let pending = (stats.pending_ops > 0).then_some(stats);
+        runtime.mount.lock().idle_journal = Some((Instant::now(), pending.clone()));
+        pending
+    }
+
+    /// Status from the options and the live mount, if any.
+    fn status_of_mount(&self, rec: &VolumeRecord) -> Status {
         let opts = resolved_options_of(&rec.public_options());
         let (remote, port, host, user) = match &opts {
             Ok((o, _)) => (
@@ -651,6 +805,7 @@ impl Driver {
             if st.host_key.is_none() {
                 st.host_key = Some(m.host_key_fingerprint());
             }
+            st.writeback = m.writeback_stats().map(WriteBackStatus::Mounted);
         } else if state.mounting {
             st.state = VolumeState::Mounting;
         } else if state.failed {
@@ -755,7 +910,7 @@ impl Driver {
             let _ = w.await;
         }
         let Some(mounted) = mounted else { return };
-        match unmount_mounted(mounted, UNMOUNT_WAIT).await {
+        match unmount_mounted(mounted, UNMOUNT_WAIT, Some(UNMOUNT_REPLAY)).await {
             Ok(()) => tracing::info!(volume = %name, "unmounted"),
             Err(e) => {
                 tracing::warn!(volume = %name, "unmount failed: {e}");
@@ -796,7 +951,7 @@ impl Driver {
             drop(mounted);
             tracing::warn!(volume = %name, "the mount ended unexpectedly");
             let result = match taken {
-                Some(m) => unmount_mounted(m, UNMOUNT_WAIT).await,
+                Some(m) => unmount_mounted(m, UNMOUNT_WAIT, None).await,
                 None => mount::lazy_unmount(&mp),
             };
             if let Err(e) = result {
@@ -812,17 +967,7 @@ impl Driver {
         name: &str,
     ) -> (Arc<VolumeRuntime>, tokio::sync::OwnedMutexGuard<()>) {
         loop {
-            let runtime = self
-                .volumes
-                .lock()
-                .entry(name.to_string())
-                .or_insert_with(|| {
-                    Arc::new(VolumeRuntime {
-                        calls: Arc::new(tokio::sync::Mutex::new(())),
-                        mount: Mutex::new(MountState::default()),
-                    })
-                })
-                .clone();
+            let runtime = self.runtime(name);
             let guard = runtime.calls.clone().lock_owned().await;
             let current = self
                 .volumes
@@ -833,6 +978,20 @@ impl Driver {
                 return (runtime, guard);
             }
         }
+    }
+
+    /// The volume's runtime, created on first use.
+    fn runtime(&self, name: &str) -> Arc<VolumeRuntime> {
+        self.volumes
+            .lock()
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(VolumeRuntime {
+                    calls: Arc::new(tokio::sync::Mutex::new(())),
+                    mount: Mutex::new(MountState::default()),
+                })
+            })
+            .clone()
     }
 
     /// Drops the runtime of a volume that no longer exists (keeps the map from growing with names
@@ -882,10 +1041,19 @@ fn resolved_options_of(
     crate::ssh_config::apply::effective(&parsed, Context::Plugin).map_err(|e| e.to_string())
 }
 
-/// Unmounts a mount taken out of its volume's state, waiting up to `wait` for a busy mount.
-async fn unmount_mounted(mounted: Arc<Mounted>, wait: Duration) -> std::io::Result<()> {
+/// Unmounts a mount taken out of its volume's state, waiting up to `wait` for a busy mount;
+/// `replay`: at most what the write-back replayer gets to drain after it (default and most:
+/// `reconnect_timeout`).
+async fn unmount_mounted(
+    mounted: Arc<Mounted>,
+    wait: Duration,
+    replay: Option<Duration>,
+) -> std::io::Result<()> {
     match Arc::try_unwrap(mounted) {
-        Ok(m) => m.unmount_waiting(wait).await,
+        Ok(m) => match replay {
+            Some(budget) => m.unmount_within(wait, budget).await,
+            None => m.unmount_waiting(wait).await,
+        },
         // Nobody else should hold it; if someone does, detach the mount and let the
         // connection close when the last holder drops it.
         Err(m) => mount::lazy_unmount(m.mountpoint()),
@@ -1190,6 +1358,169 @@ mod tests {
         drv.remove("v").await.unwrap();
         assert_eq!(std::fs::read(mp.join("keep")).unwrap(), b"data");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A write-back volume's journal with `ops` mkdirs appended (as a mount that stopped before
+    /// replaying them leaves it); returns the journal directory.
+    fn leave_journaled(drv: &Driver, name: &str, ops: usize) -> PathBuf {
+        let rec = drv.store.get(name).unwrap().unwrap();
+        let dir = drv.journal_dir(&rec).unwrap();
+        let j = Journal::open(&dir, 1 << 20).unwrap();
+        for i in 0..ops {
+            j.append_now(crate::writeback::Op::Mkdir {
+                path: format!("x{i}"),
+                mode: 0o755,
+            })
+            .unwrap();
+        }
+        dir
+    }
+
+    /// Marks every pending change of the journal in `dir` as on the server.
+    fn replay_all(dir: &Path) {
+        let j = Journal::open(dir, 1 << 20).unwrap();
+        let seqs: Vec<u64> = j.pending_after(0).iter().map(|r| r.seq).collect();
+        j.begin(&seqs).unwrap();
+        j.done(&seqs).unwrap();
+        assert_eq!(j.stats().pending_ops, 0);
+    }
+
+    #[tokio::test]
+    async fn the_journal_lives_in_the_state_dir_never_under_the_volumes_dir() {
+        let (drv, dir) = temp_driver("wbdir");
+        drv.create("my vol", opts(&[("sshcmd", "h:/x"), ("writeback", "yes")]))
+            .await
+            .unwrap();
+        let rec = drv.store.get("my vol").unwrap().unwrap();
+        let jdir = drv.journal_dir(&rec).unwrap();
+        assert_eq!(
+            jdir,
+            dir.join("state/writeback").join(mount_dir_name("my vol"))
+        );
+        assert!(!jdir.starts_with(dir.join("volumes")));
+        // A state dir inside the volumes dir would put journals under a mount: refused.
+        let store = Store::open(&dir.join("volumes/state")).unwrap();
+        let inside = Driver::new(store, dir.join("volumes"));
+        let e = inside.journal_dir(&rec).unwrap_err().to_string();
+        assert!(e.contains("inside the volumes directory"), "{e}");
+        drop(inside);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn remove_refuses_while_changes_are_journaled_and_then_deletes_the_journal() {
+        let (drv, dir) = temp_driver("wbrm");
+        drv.create("v", opts(&[("sshcmd", "h:/x"), ("writeback", "yes")]))
+            .await
+            .unwrap();
+        let jdir = leave_journaled(&drv, "v", 3);
+        let e = drv.remove("v").await.unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, DriverError::Pending { ops: 3, .. }), "{msg}");
+        let bytes = match e {
+            DriverError::Pending { bytes, .. } => bytes,
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            msg,
+            format!(
+                "volume v has 3 changes ({bytes} bytes) not yet on the server (write-back mode): \
+                 mount it once so they are replayed, for example docker run --rm -v v:/v \
+                 busybox true, then remove it"
+            )
+        );
+        // Nothing deleted: the volume, and every journaled change.
+        assert!(drv.get("v").is_ok());
+        assert_eq!(
+            Journal::open(&jdir, 1 << 20).unwrap().stats().pending_ops,
+            3
+        );
+
+        // A detached mount still holding the journal: refused too, saying why.
+        let held = JournalLock::take(&jdir).unwrap();
+        let e = drv.remove("v").await.unwrap_err();
+        assert!(matches!(e, DriverError::JournalBusy(_)), "{e}");
+        drop(held);
+
+        replay_all(&jdir);
+        let mp = drv.path("v").unwrap();
+        std::fs::create_dir_all(&mp).unwrap();
+        std::fs::write(mp.join("keep"), b"data").unwrap();
+        drv.remove("v").await.unwrap();
+        assert!(!jdir.exists(), "the empty journal is deleted");
+        assert_eq!(std::fs::read(mp.join("keep")).unwrap(), b"data");
+        assert!(matches!(drv.get("v"), Err(DriverError::NotFound(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn status_shows_what_an_idle_volumes_journal_holds() {
+        let (drv, dir) = temp_driver("wbstatus");
+        drv.create("v", opts(&[("sshcmd", "h:/x"), ("writeback", "yes")]))
+            .await
+            .unwrap();
+        let status = |drv: &Driver| serde_json::to_value(drv.get("v").unwrap().status).unwrap();
+        assert!(status(&drv).get("writeback").is_none(), "no journal yet");
+        let jdir = leave_journaled(&drv, "v", 2);
+        let st = status(&drv);
+        let wb = &st["writeback"];
+        assert_eq!(wb["pending_ops"], 2, "{st}");
+        assert!(wb["pending_bytes"].as_u64().unwrap() > 0, "{st}");
+        assert_eq!(wb["last_seq"], 2, "{st}");
+        assert_eq!(wb["applied_through"], 0, "{st}");
+        assert!(!wb["oldest_age"].is_null(), "{st}");
+        assert_eq!(st["state"], "idle");
+        // Only a Mount changes an idle journal: what Get saw holds until then.
+        assert_eq!(status(&drv)["writeback"]["pending_ops"], 2);
+        let mounted = || drv.runtime("v").mount.lock().idle_journal = None;
+        // While something holds the journal (a detached mount), Get does not open it.
+        mounted();
+        let held = JournalLock::take(&jdir).unwrap();
+        assert!(status(&drv).get("writeback").is_none());
+        drop(held);
+        replay_all(&jdir);
+        mounted();
+        assert!(status(&drv).get("writeback").is_none(), "nothing pending");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn status_shows_the_replayers_figures_under_writeback() {
+        let mut stats = ReplayStats {
+            replayed_ops: 7,
+            conflicts: 1,
+            recent_conflicts: vec!["unlink gone: no such file".into()],
+            last_error: Some("connection lost".into()),
+            ..ReplayStats::default()
+        };
+        stats.journal.pending_ops = 4;
+        stats.journal.pending_bytes = 4096;
+        let st = Status {
+            writeback: Some(WriteBackStatus::Mounted(stats)),
+            ..Status::idle(String::new())
+        };
+        let json = serde_json::to_value(&st).unwrap();
+        let wb = &json["writeback"];
+        for key in [
+            "pending_ops",
+            "pending_bytes",
+            "oldest_age",
+            "last_seq",
+            "applied_through",
+            "replayed_ops",
+            "replay_rate",
+            "conflicts",
+            "recent_conflicts",
+            "last_error",
+        ] {
+            assert!(wb.get(key).is_some(), "{key} missing: {json}");
+        }
+        assert_eq!(
+            (&wb["pending_ops"], &wb["replayed_ops"], &wb["last_error"]),
+            (&4.into(), &7.into(), &"connection lost".into())
+        );
+        let plain = serde_json::to_value(Status::idle(String::new())).unwrap();
+        assert!(plain.get("writeback").is_none(), "{plain}");
     }
 
     #[tokio::test]

@@ -14,6 +14,10 @@
 //! fsynced, and on Remove overwritten and deleted: after `docker volume rm`, no byte of the
 //! volume's secrets is left in the state directory.
 //!
+//! Write-back volumes also have a journal directory each under `writeback/` (named by the
+//! record's `dir`, like the secret file). Its contents belong to `crate::writeback`; this file
+//! only says where it is.
+//!
 //! One file because the record's shape and where each part of it is kept (sled, or the secret
 //! files) change together. The last third is unit tests.
 
@@ -35,6 +39,9 @@ const DB_DIR: &str = "docker-volume-sshfs.sled";
 const TREE: &str = "volumes";
 /// Name of the directory of the volumes' secret files inside the state dir.
 const SECRETS_DIR: &str = "docker-volume-sshfs.secrets";
+/// Name of the directory of the volumes' write-back journals inside the state dir (one
+/// directory per volume, created by its first write-back mount).
+const WRITEBACK_DIR: &str = "writeback";
 
 /// Why the state store failed. Each message says what to check.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +223,7 @@ pub struct Store {
     db: sled::Db,
     volumes: sled::Tree,
     secrets_dir: PathBuf,
+    writeback_dir: PathBuf,
 }
 
 impl Store {
@@ -268,6 +276,7 @@ impl Store {
             db,
             volumes,
             secrets_dir,
+            writeback_dir: state_dir.join(WRITEBACK_DIR),
         };
         store.remove_orphan_secrets();
         store.upgrade_older_records();
@@ -382,8 +391,15 @@ impl Store {
     /// The secret file of a volume whose mount directory is `dir`; `None` for a `dir` that is
     /// not a plain file name (never written by us: such a record gets no secret file).
     fn secret_path(&self, dir: &str) -> Option<PathBuf> {
-        let plain = !dir.is_empty() && !dir.starts_with('.') && !dir.contains(['/', '\0']);
-        plain.then(|| self.secrets_dir.join(dir))
+        plain_name(dir).then(|| self.secrets_dir.join(dir))
+    }
+
+    /// The write-back journal directory of a volume whose mount directory is `dir` (its name
+    /// made a safe file name, see `driver::mount_dir_name`): `STATE/writeback/DIR`, in the
+    /// state directory and never under the mount directory (a journal inside the mount would
+    /// be written through it). `None` for a `dir` that is not a plain file name.
+    pub fn writeback_path(&self, dir: &str) -> Option<PathBuf> {
+        plain_name(dir).then(|| self.writeback_dir.join(dir))
     }
 
     /// The volume's secret values by option name; empty when it has none.
@@ -547,6 +563,11 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// is what a file system lets us do: on a copy-on-write or flash device the old blocks may
 /// live on below it, but no file in the state directory holds the bytes any more. A missing
 /// file is not an error.
+/// True for a name that is one ordinary directory entry (no `/`, NUL, leading dot, nor empty).
+fn plain_name(dir: &str) -> bool {
+    !dir.is_empty() && !dir.starts_with('.') && !dir.contains(['/', '\0'])
+}
+
 fn shred(path: &Path) -> io::Result<()> {
     let mut f = match fs::OpenOptions::new().write(true).open(path) {
         Ok(f) => f,

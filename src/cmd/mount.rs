@@ -1,10 +1,12 @@
 //! The `mount` command: one remote directory mounted in the foreground with the same code the
 //! plugin uses, until SIGINT/SIGTERM or an external `umount`. Reads the password from stdin when
-//! asked (`password_stdin`), so it need not appear on the command line.
+//! asked (`password_stdin`), so it need not appear on the command line. With `writeback=yes`
+//! the journal is in `writeback_dir` (outside the mountpoint); the stop drains it for as long
+//! as `reconnect_timeout` and leaves the rest there for the next run.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::mount;
 use crate::options::{self, Context, MountOptions};
@@ -13,7 +15,9 @@ use crate::secret::Secret;
 /// The `mount` command: mounts in the foreground until SIGINT/SIGTERM or an external umount.
 /// Exit codes: 0 after a clean unmount, 2 for bad options, 1 for anything else.
 pub fn run(port: Option<u16>, options: &[String], remote: &str, mountpoint: &Path) -> ExitCode {
-    let opts = match options_from_cli(port, options, remote) {
+    let opts = match options_from_cli(port, options, remote)
+        .and_then(|o| check_journal_place(&o, mountpoint).map(|()| o))
+    {
         Ok(o) => o,
         Err(msg) => {
             eprintln!("docker-volume-sshfs: {msg}");
@@ -72,6 +76,28 @@ fn options_from_cli(
     Ok(opts)
 }
 
+/// A journal under the mountpoint would be written through the mount it journals (and be
+/// hidden by it).
+fn check_journal_place(opts: &MountOptions, mountpoint: &Path) -> Result<(), String> {
+    let Some(dir) = opts.writeback.as_ref().and_then(|w| w.dir.as_deref()) else {
+        return Ok(());
+    };
+    let full = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    if full(dir).starts_with(full(mountpoint)) {
+        return Err(format!(
+            "writeback_dir {} is inside the mountpoint {}: give a local directory outside the \
+             mount, for example -o writeback_dir=$HOME/.local/state/sshfs-journal",
+            dir.display(),
+            mountpoint.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Mounts and serves until a stop signal or an external umount, then unmounts.
 async fn serve_until_stopped(opts: &MountOptions, mountpoint: &Path) -> Result<(), String> {
     let mounted = mount::mount(opts, mountpoint)
@@ -85,24 +111,31 @@ async fn serve_until_stopped(opts: &MountOptions, mountpoint: &Path) -> Result<(
             return Err(format!("cannot watch SIGTERM/SIGINT: {e}"));
         }
     };
-    tokio::select! {
-        _ = signals.received() => {}
+    let external = tokio::select! {
+        _ = signals.received() => false,
         _ = mounted.ended() => {
-            // Every file was closed (released, so flushed) before the session could end.
+            // Every file was closed (released, so flushed) before the session could end; in
+            // write-back mode the journal still drains below.
             tracing::info!("unmounted externally");
-            log_counters(&mounted);
-            return Ok(());
+            true
         }
-    }
+    };
     // Files may still be open with writes queued: they reach the server before we go (for as
-    // long as an operation would wait for a lost server), and what cannot is named.
-    let left = mounted.drain(Instant::now() + opts.reconnect_timeout).await;
+    // long as an operation would wait for a lost server), and what cannot is named. The
+    // write-back journal drains within the same time; what does not stays for the next run.
+    let deadline = Instant::now() + opts.reconnect_timeout;
+    let left = mounted.drain(deadline).await;
     if left > 0 {
         tracing::warn!(files = left, "stopping with changes not on the server");
     }
     log_counters(&mounted);
+    let replay = deadline.saturating_duration_since(Instant::now());
+    if external {
+        mounted.close_ended(replay).await;
+        return Ok(());
+    }
     mounted
-        .unmount()
+        .unmount_within(Duration::from_secs(5), replay)
         .await
         .map_err(|e| format!("unmount failed: {e}"))
 }
@@ -119,4 +152,14 @@ fn log_counters(mounted: &mount::Mounted) {
         reconnects = c.reconnects,
         "traffic"
     );
+    if let Some(wb) = mounted.writeback_stats() {
+        tracing::info!(
+            replayed_ops = wb.replayed_ops,
+            pending_ops = wb.journal.pending_ops,
+            pending_bytes = wb.journal.pending_bytes,
+            conflicts = wb.conflicts,
+            last_error = wb.last_error.as_deref().unwrap_or(""),
+            "write-back"
+        );
+    }
 }
