@@ -2,6 +2,7 @@
 # Benchmark through Docker: the workloads run INSIDE containers that use the volume, side by side
 # for four peers on one throwaway loopback OpenSSH server, at emulated round-trip times:
 #   ours           the installed managed plugin (./build-rootfs.sh --install, own name and state)
+#   ours-wb        the same plugin with -o writeback=yes (journaled locally, replayed later)
 #   sshfs          the C sshfs mounted on the host, bind-mounted into the containers (-v DIR:/data)
 #   rclone         rclone's Docker plugin (`rclone serve docker`, legacy socket), default VFS mode
 #   rclone-writes  the same with -o vfs-cache-mode=writes (answers from a local disk cache)
@@ -13,7 +14,7 @@
 #   BENCH_SCALE=1 ./benches/docker.sh         # add the scale section (200 volumes, 100k entries, 10 GiB)
 #
 # Knobs: BENCH_RTTS, BENCH_FILES (tree for tar/cat/rm/cp), BENCH_GIT_FILES (files of the git
-# checkout), BENCH_SIZE_MB (sequential file), BENCH_PEERS (subset of "ours sshfs rclone
+# checkout), BENCH_SIZE_MB (sequential file), BENCH_PEERS (subset of "ours ours-wb sshfs rclone
 # rclone-writes"), BENCH_TIMEOUT (seconds a workload may take, default 3600), BENCH_SETTLE
 # (seconds to wait for written data to reach the server, default 600), BENCH_OUT (also write the
 # tables there), BENCH_NO_BUILD=1 (no cargo build of latency-proxy; the plugin bundle is still
@@ -37,7 +38,7 @@ SIZE_MB=${BENCH_SIZE_MB:-256}
 FILES=${BENCH_FILES:-2000}
 GIT_FILES=${BENCH_GIT_FILES:-3000}
 RTTS=${BENCH_RTTS:-0 10}
-PEERS=${BENCH_PEERS:-ours sshfs rclone rclone-writes}
+PEERS=${BENCH_PEERS:-ours ours-wb sshfs rclone rclone-writes}
 TIMEOUT=${BENCH_TIMEOUT:-3600}
 SETTLE=${BENCH_SETTLE:-600}
 PLUGIN=${BENCH_PLUGIN:-sshfs-bench/sshfs:latest}
@@ -137,7 +138,7 @@ done
 # ---- our plugin, installed under its own name with its own state and key directory ----
 have_peer() { [[ " $PEERS " == *" $1 "* ]]; }
 PLUGIN_PID=
-if have_peer ours || [[ $SCALE == 1 ]]; then
+if have_peer ours || have_peer ours-wb || [[ $SCALE == 1 ]]; then
     log "building and installing $PLUGIN (state $STATE, keys $W/keys)"
     mkdir -p "$STATE"
     ./build-rootfs.sh --install "$PLUGIN" "state.source=$STATE" "sshkey.source=$W/keys" >"$W/build-rootfs.log" 2>&1 ||
@@ -264,7 +265,7 @@ add_row() {
 # peer_ticks PEER: CPU ticks so far of the client processes that serve PEER.
 peer_ticks() {
     case $1 in
-        ours) ticks "$PLUGIN_PID" ;;
+        ours | ours-wb) ticks "$PLUGIN_PID" ;;
         sshfs) ticks "$SSHFS_PID" ;;
         rclone*) ticks "$RCLONE_PID" ;;
     esac
@@ -374,10 +375,12 @@ run_peer() {
     # directory listings for 5 minutes: a file made later would not be seen).
     cp "$W/in/big.bin" "$remote/seqread.bin"
     case $peer in
-        ours)
+        ours | ours-wb)
             vol=$name
+            local wb=()
+            [[ $peer == ours-wb ]] && wb=(-o writeback=yes)
             docker volume create -d "$PLUGIN" -o "sshcmd=root@127.0.0.1:$remote" -o "port=$port" \
-                -o IdentityFile=/root/.ssh/id_ed25519 -o StrictHostKeyChecking=no "$vol" >/dev/null
+                -o IdentityFile=/root/.ssh/id_ed25519 -o StrictHostKeyChecking=no "${wb[@]}" "$vol" >/dev/null
             VOLS+=("$vol")
             src=$vol ;;
         rclone | rclone-writes)

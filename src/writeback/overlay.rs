@@ -47,6 +47,9 @@ struct Node {
     /// The newest record that changed this name itself (not its children).
     seq: u64,
     state: State,
+    /// Open files written through (or to be): the node stays (and answers for the file,
+    /// with no round trip) while any is open. Moves with the node on a rename.
+    pins: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -257,7 +260,25 @@ impl View {
     }
 
     fn set(&mut self, rel: &str, seq: u64, state: State) {
-        self.nodes.insert(rel.to_string(), Node { seq, state });
+        let pins = match self.nodes.get(rel) {
+            // The same file changing: its open files keep it.
+            Some(n) if matches!(state, State::Here { .. }) => n.pins,
+            _ => 0,
+        };
+        self.nodes
+            .insert(rel.to_string(), Node { seq, state, pins });
+    }
+
+    fn pin(&mut self, rel: &str) {
+        if let Some(n) = self.nodes.get_mut(rel) {
+            n.pins += 1;
+        }
+    }
+
+    fn unpin(&mut self, rel: &str) {
+        if let Some(n) = self.nodes.get_mut(rel) {
+            n.pins = n.pins.saturating_sub(1);
+        }
     }
 
     fn touch_dir(&mut self, dir: &str) {
@@ -277,6 +298,7 @@ impl View {
     /// answering for the names it does not hold (no round trip for them, and none needed
     /// while the server is away).
     fn prune(&mut self, through: u64) {
+        let done = |n: &Node| n.seq <= through && n.pins == 0;
         let complete = |n: &Node| {
             matches!(
                 n.state,
@@ -310,16 +332,14 @@ impl View {
                 .take_while(|(k, _)| k.starts_with(r.as_str()))
                 .filter(|(k, _)| below_or_at(k, r))
                 .collect();
-            if subtree.iter().all(|(_, n)| n.seq <= through) {
+            if subtree.iter().all(|(_, n)| done(n)) {
                 gone.extend(subtree.into_iter().map(|(k, _)| k.clone()));
             }
         }
         gone.extend(
             self.nodes
                 .iter()
-                .filter(|(k, n)| {
-                    n.seq <= through && !complete(n) && !under_complete(&self.nodes, k)
-                })
+                .filter(|(k, n)| done(n) && !complete(n) && !under_complete(&self.nodes, k))
                 .map(|(k, _)| k.clone()),
         );
         for k in &gone {
@@ -369,9 +389,7 @@ impl Overlay {
         let rest = full
             .strip_prefix(root)
             .ok_or_else(|| failure(full, "outside the volume"))?;
-        let rest = if root.ends_with('/') {
-            rest
-        } else if rest.is_empty() {
+        let rest = if root.ends_with('/') || rest.is_empty() {
             rest
         } else {
             rest.strip_prefix('/')
@@ -853,24 +871,20 @@ impl Overlay {
     /// and times (the replayer's rule).
     pub async fn setstat(&self, full: &str, attrs: FileAttributes) -> Result<(), Error> {
         let rel = self.rel(full)?;
-        self.set_attrs(rel, full, attrs, None).await
+        self.set_attrs(rel, full, attrs).await
     }
 
-    /// The attributes of `rel` to change, from the view or else the server (or `base`, what
-    /// an open handle found).
-    async fn current(
-        &self,
-        rel: &str,
-        full: &str,
-        base: Option<&FileAttributes>,
-    ) -> Result<(), Error> {
+    /// Makes sure the view holds `rel` (to change it there), from the server if need be.
+    async fn current(&self, rel: &str, full: &str) -> Result<(), Error> {
         if !matches!(self.inner.view.lock().found(rel), Found::Server) {
             return Ok(());
         }
-        let attrs = match base {
-            Some(b) => b.clone(),
-            None => self.lstat(full).await?,
-        };
+        let attrs = self.lstat(full).await?;
+        self.hold(rel, attrs, full).await
+    }
+
+    /// Puts the server's `attrs` of `rel` in the view, if it does not hold `rel` yet.
+    async fn hold(&self, rel: &str, attrs: FileAttributes, full: &str) -> Result<(), Error> {
         let kind = match file_type(&attrs) {
             S_IFDIR => Kind::Dir { complete: false },
             S_IFLNK => Kind::Symlink(self.readlink(full).await?),
@@ -884,15 +898,9 @@ impl Overlay {
         Ok(())
     }
 
-    async fn set_attrs(
-        &self,
-        rel: &str,
-        full: &str,
-        attrs: FileAttributes,
-        base: Option<&FileAttributes>,
-    ) -> Result<(), Error> {
+    async fn set_attrs(&self, rel: &str, full: &str, attrs: FileAttributes) -> Result<(), Error> {
         let _turn = self.turn().await;
-        self.current(rel, full, base).await?;
+        self.current(rel, full).await?;
         if let Some(size) = attrs.size {
             self.truncate_in_turn(rel, full, size).await?;
         }
@@ -918,6 +926,7 @@ impl Overlay {
                 if let Some(Node {
                     seq: s,
                     state: State::Here { attrs: a, .. },
+                    ..
                 }) = v.nodes.get_mut(rel)
                 {
                     *s = seq;
@@ -961,6 +970,7 @@ impl Overlay {
                             attrs,
                             kind: Kind::File(c),
                         },
+                    ..
                 }) = v.nodes.get_mut(rel)
                 {
                     *s = seq;
@@ -1006,12 +1016,7 @@ impl Overlay {
             // Only to read: opened on the server now, as without write-back (its errors are
             // the open's, and the handle serves the reads).
             None if !flags.intersects(OpenFlags::WRITE | OpenFlags::TRUNCATE) => {
-                let file = PendingFile {
-                    overlay: self.clone(),
-                    rel: Mutex::new(Some(rel.clone())),
-                    base: Mutex::new(None),
-                    server: tokio::sync::Mutex::new(None),
-                };
+                let file = PendingFile::new(self, &rel, false);
                 let (path, _) = self.server_path(&rel);
                 file.open_server(&mut *file.server.lock().await, self.full(&path))
                     .await?;
@@ -1025,20 +1030,18 @@ impl Overlay {
                 Some(a)
             }
         };
-        let file = PendingFile {
-            overlay: self.clone(),
-            rel: Mutex::new(Some(rel.clone())),
-            base: Mutex::new(existing.clone().map(|a| (self.inner.journal.last_seq(), a))),
-            server: tokio::sync::Mutex::new(None),
-        };
+        let writes = flags.intersects(OpenFlags::WRITE | OpenFlags::TRUNCATE);
         match existing {
             Some(_) if create && exclusive => Err(failure(full, "exists")),
-            Some(_) => {
+            Some(a) => {
+                let _turn = self.turn().await;
+                let file = PendingFile::new(self, &rel, writes);
+                if writes {
+                    self.hold(&rel, a, full).await?;
+                    self.inner.view.lock().pin(&rel);
+                }
                 // Linux truncates on O_TRUNC even when opening read-only.
                 if flags.contains(OpenFlags::TRUNCATE) {
-                    let base = file.take_base();
-                    let _turn = self.turn().await;
-                    self.current(&rel, full, base.as_ref()).await?;
                     self.truncate_in_turn(&rel, full, 0).await?;
                 }
                 Ok(file)
@@ -1048,7 +1051,9 @@ impl Overlay {
                 let mode = attrs.permissions.unwrap_or(0o644) & 0o7777;
                 let new = self.new_attrs(S_IFREG, mode, 0);
                 let rel2 = rel.clone();
-                self.change(
+                let _turn = self.turn().await;
+                let file = PendingFile::new(self, &rel, writes);
+                self.change_in_turn(
                     |v| {
                         Self::may_create(v, &rel2, full)?;
                         Ok(Op::Create {
@@ -1077,6 +1082,9 @@ impl Overlay {
                                 }),
                             },
                         );
+                        if writes {
+                            v.pin(&rel2);
+                        }
                         if let Some(p) = parent_of(&rel2) {
                             v.touch_dir(p);
                         }
@@ -1088,16 +1096,10 @@ impl Overlay {
         }
     }
 
-    async fn write(
-        &self,
-        rel: &str,
-        base: Option<&FileAttributes>,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), Error> {
+    async fn write(&self, rel: &str, offset: u64, data: &[u8]) -> Result<(), Error> {
         let full = self.full(rel);
         let _turn = self.turn().await;
-        self.current(rel, &full, base).await?;
+        self.current(rel, &full).await?;
         self.change_in_turn(
             |v| match v.found(rel) {
                 Found::Here(_, Kind::File(_)) => Ok(Op::Write {
@@ -1116,6 +1118,7 @@ impl Overlay {
                             attrs,
                             kind: Kind::File(c),
                         },
+                    ..
                 }) = v.nodes.get_mut(rel)
                 {
                     *s = seq;
@@ -1189,9 +1192,8 @@ pub struct PendingFile {
     overlay: Overlay,
     /// The file's volume path now (`None`: unlinked, no name).
     rel: Mutex<Option<String>>,
-    /// Its attributes when opened, if it was there already, and the journal's newest seq
-    /// then: they hold only while nothing has been journaled since.
-    base: Mutex<Option<(u64, FileAttributes)>>,
+    /// Opened to write: its node is pinned in the view until it is dropped.
+    pinned: bool,
     /// A handle on the server's file, and the server path it was opened by.
     server: tokio::sync::Mutex<Option<(String, File)>>,
 }
@@ -1204,11 +1206,13 @@ impl PendingFile {
             .ok_or_else(|| failure("(unlinked)", "the file has no name any more"))
     }
 
-    /// The attributes the file had at open, once, if nothing was journaled since (a change
-    /// since, even one already applied and forgotten, may have changed them).
-    fn take_base(&self) -> Option<FileAttributes> {
-        let (seq, attrs) = self.base.lock().take()?;
-        (seq == self.overlay.inner.journal.last_seq()).then_some(attrs)
+    fn new(overlay: &Overlay, rel: &str, pinned: bool) -> PendingFile {
+        PendingFile {
+            overlay: overlay.clone(),
+            rel: Mutex::new(Some(rel.to_string())),
+            pinned,
+            server: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// The file's new full path after a rename, or `None`.
@@ -1313,10 +1317,7 @@ impl PendingFile {
 
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let rel = self.rel()?;
-        // What the file was at open holds until its first change; after that the view (or,
-        // once that is applied, the server) knows better.
-        let base = self.take_base();
-        self.overlay.write(&rel, base.as_ref(), offset, data).await
+        self.overlay.write(&rel, offset, data).await
     }
 
     pub async fn fstat(&self) -> Result<FileAttributes, Error> {
@@ -1327,10 +1328,7 @@ impl PendingFile {
     pub async fn fsetstat(&self, attrs: FileAttributes) -> Result<(), Error> {
         let rel = self.rel()?;
         let full = self.overlay.full(&rel);
-        let base = self.take_base();
-        self.overlay
-            .set_attrs(&rel, &full, attrs, base.as_ref())
-            .await
+        self.overlay.set_attrs(&rel, &full, attrs).await
     }
 
     pub async fn fsync(&self) -> Result<(), Error> {
@@ -1342,6 +1340,16 @@ impl PendingFile {
             let _ = f.close().await;
         }
         Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.pinned
+            && let Some(rel) = self.rel.get_mut().as_deref()
+        {
+            self.overlay.inner.view.lock().unpin(rel);
+        }
     }
 }
 
