@@ -449,7 +449,14 @@ async fn conflicts_are_skipped_and_counted_never_forced() {
         fs::metadata(root.join("new")).unwrap().mode() & 0o7777,
         0o750
     );
-    assert_eq!(stats.conflicts, 5, "{:?}", stats.recent_conflicts);
+    // The write through the renamed name is skipped either way: as a conflict of its own, or
+    // with the rename it depends on (which one depends on when the replayer sees it).
+    assert!(
+        (4..=5).contains(&stats.conflicts),
+        "{} conflicts: {:?}",
+        stats.conflicts,
+        stats.recent_conflicts
+    );
     assert_eq!(stats.journal.pending_ops, 0);
     let all = stats.recent_conflicts.join("\n");
     for what in [
