@@ -1194,6 +1194,13 @@ impl World {
     /// `content`: a read waits for queued writes, and some must stay in flight when a fault
     /// hits); everything with `full`.
     fn check(&mut self, touched: &Touched, content: bool, full: bool) -> Result<(), String> {
+        if writeback_tests() {
+            // Write-back: a change is journaled when its call returns; an fsync of a directory
+            // waits until everything journaled is on the server, which the checks below see.
+            fs::File::open(&self.mount)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("fsync of the mount (write-back settle): {e}"))?;
+        }
         for dir in DIRS {
             let m = listing(&self.mount.join(dir));
             let r = listing(&self.reference.join(dir));
@@ -1258,13 +1265,6 @@ impl World {
             }
             // Written and then closed or fsynced by every handle: the server must have it.
             if !dirty.contains(&ino) {
-                if writeback_tests() {
-                    // Write-back: closed means journaled; an fsync of a directory waits until
-                    // everything is on the server.
-                    fs::File::open(&self.mount)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| format!("fsync of the mount (write-back settle): {e}"))?;
-                }
                 let server = fs::read(join(&self.server, name))
                     .map_err(|e| format!("{name} on the server: {e}"))?;
                 if server != want {
