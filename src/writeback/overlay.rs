@@ -1195,7 +1195,7 @@ pub struct PendingFile {
     /// Opened to write: its node is pinned in the view until it is dropped.
     pinned: bool,
     /// A handle on the server's file, and the server path it was opened by.
-    server: tokio::sync::Mutex<Option<(String, File)>>,
+    server: tokio::sync::Mutex<Option<(String, Arc<File>)>>,
 }
 
 impl PendingFile {
@@ -1221,35 +1221,40 @@ impl PendingFile {
         *self.rel.lock() = rel;
     }
 
-    /// Server bytes of the file: by a handle opened on where the file is there now.
+    /// Server bytes of the file: by a handle opened on where the file is there now. The slot
+    /// is held only to find or open the handle, never across a read: read-ahead asks for
+    /// several chunks at once, and they must be in flight together.
     async fn server_read(&self, rel: &str, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
         let mut tries = 0;
         loop {
             let (path, used) = self.overlay.server_path(rel);
             let full = self.overlay.full(&path);
-            let mut slot = self.server.lock().await;
-            if slot.as_ref().is_none_or(|(p, _)| *p != full) {
-                let opened = self.open_server(&mut slot, full).await;
-                if opened.is_err() {
-                    tries += 1;
-                    if tries >= MAPPING_TRIES || !self.overlay.mapping_moved(&used, &opened).await {
-                        opened?;
+            let file = {
+                let mut slot = self.server.lock().await;
+                if slot.as_ref().is_none_or(|(p, _)| *p != full) {
+                    let opened = self.open_server(&mut slot, full).await;
+                    if opened.is_err() {
+                        tries += 1;
+                        if tries >= MAPPING_TRIES
+                            || !self.overlay.mapping_moved(&used, &opened).await
+                        {
+                            opened?;
+                        }
+                        continue;
                     }
-                    continue;
                 }
-            }
-            let r = slot
-                .as_ref()
-                .expect("opened above")
-                .1
-                .read(offset, len)
-                .await;
+                Arc::clone(&slot.as_ref().expect("opened above").1)
+            };
+            let r = file.read(offset, len).await;
             tries += 1;
             if tries >= MAPPING_TRIES || !self.overlay.mapping_moved(&used, &r).await {
                 return r;
             }
-            if let Some((_, old)) = slot.take() {
-                let _ = old.close().await;
+            let mut slot = self.server.lock().await;
+            if slot.as_ref().is_some_and(|(_, f)| Arc::ptr_eq(f, &file)) {
+                *slot = None;
+                drop(slot);
+                let _ = file.close().await;
             }
         }
     }
@@ -1257,7 +1262,7 @@ impl PendingFile {
     /// (Re)opens the server handle in `slot` on `full`, read-only.
     async fn open_server(
         &self,
-        slot: &mut Option<(String, File)>,
+        slot: &mut Option<(String, Arc<File>)>,
         full: String,
     ) -> Result<(), Error> {
         if let Some((_, old)) = slot.take() {
@@ -1269,7 +1274,7 @@ impl PendingFile {
             .sftp
             .open(&full, OpenFlags::READ, FileAttributes::empty())
             .await?;
-        *slot = Some((full, f));
+        *slot = Some((full, Arc::new(f)));
         Ok(())
     }
 
