@@ -437,6 +437,8 @@ run_peer() {
 
 # ---- tables ----
 pretty_peer() { case $1 in rclone-writes) echo rclone-w ;; *) echo "$1" ;; esac; }
+# short_mode PEER: our mode's name in a speedup column's header.
+short_mode() { case $1 in ours-wb) echo wb ;; *) echo "$1" ;; esac; }
 # value RTT KEY PEER KIND BYTES: sets VAL, the figure to print (MB/s for rates), or n/a, or FAIL[n] with
 # the reason added to NOTES (printed under the table: a reason is wider than a column).
 NOTES=()
@@ -463,30 +465,35 @@ print_tables() {
         echo "docker-volume-sshfs plugin vs sshfs $(sshfs --version 2>&1 | awk '/^SSHFS version/ { print $3 }')" \
             "vs $(rclone version | head -1) (serve docker), all through Docker; $(nproc) cores; loopback sshd"
         echo "tree $FILES files / $((TREE_BYTES / 1024)) KiB; git checkout $GIT_FILES files / $((GIT_BYTES / 1024)) KiB; sequential file $SIZE_MB MiB"
-        echo "times in seconds inside the container (/proc/uptime); speedup columns: >1 means ours is better"
+        echo "times in seconds inside the container (/proc/uptime); speedup columns MODE/PEER: >1 means our MODE is better"
         for rtt in $1; do
             echo
             echo "RTT $rtt ms"
             hdr="| %-36s | %-4s |"
             args=(workload unit)
             for p in $PEERS; do hdr+=" %10s |"; args+=("$(pretty_peer "$p")"); done
-            for p in $PEERS; do [[ $p == ours ]] && continue; hdr+=" %9s |"; args+=("vs $(pretty_peer "$p")"); done
+            # Speedups: each of our modes against each peer that is not ours.
+            pairs=()
+            for m in $PEERS; do
+                [[ $m == ours* ]] || continue
+                for p in $PEERS; do [[ $p == ours* ]] || pairs+=("$m:$p"); done
+            done
+            for pr in "${pairs[@]}"; do hdr+=" %13s |"; args+=("$(short_mode "${pr%%:*}")/$(pretty_peer "${pr#*:}")"); done
             # shellcheck disable=SC2059
             printf "$hdr\n" "${args[@]}"
             seps=("$(printf -- '-%.0s' {1..36})" ----)
             for p in $PEERS; do seps+=(----------); done
-            for p in $PEERS; do [[ $p == ours ]] || seps+=(---------); done
+            for _ in "${pairs[@]}"; do seps+=(-------------); done
             # shellcheck disable=SC2059
             printf "$hdr\n" "${seps[@]}"
             for row in "${ROWS[@]}"; do
                 IFS='|' read -r key label unit kind bytes files <<<"$row"
                 vals=()
-                value "$rtt" "$key" ours "$kind" "$bytes"
-                o=$VAL
                 for p in $PEERS; do value "$rtt" "$key" "$p" "$kind" "$bytes"; vals+=("$VAL"); done
-                for p in $PEERS; do
-                    [[ $p == ours ]] && continue
-                    value "$rtt" "$key" "$p" "$kind" "$bytes"
+                for pr in "${pairs[@]}"; do
+                    value "$rtt" "$key" "${pr%%:*}" "$kind" "$bytes"
+                    o=$VAL
+                    value "$rtt" "$key" "${pr#*:}" "$kind" "$bytes"
                     s=$VAL
                     if num "$o" && num "$s"; then
                         vals+=("$(awk -v o="$o" -v s="$s" -v k="$kind" 'BEGIN { r = (k == "rate") ? (s > 0 ? o / s : 0) : (o > 0 ? s / o : 0); printf "%.2fx", r }')")

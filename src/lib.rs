@@ -13,6 +13,7 @@ pub mod driver;
 pub mod fs;
 pub mod hostkey;
 pub mod jump;
+pub mod kept;
 pub mod known_hosts;
 pub mod mount;
 pub mod options;

@@ -301,7 +301,10 @@ pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, Mo
                 sftp.disconnect().await;
                 return Err(e);
             }
-            (Some(Overlay::new(journal, sftp.clone())), Some(run))
+            (
+                Some(Overlay::new(journal, sftp.clone(), opts.cache_timeout)),
+                Some(run),
+            )
         }
     };
     let fs = SshFs::new(

@@ -255,6 +255,43 @@ fn rmdir_non_empty_is_enotempty() {
     assert_eq!(errno(&e), libc::ENOENT, "rmdir of a missing dir: {e}");
 }
 
+/// An rmdir after the directory was listed and some of it removed: what is left, or made or
+/// moved there after the listing, keeps it from going (write-back mode answers an rmdir from
+/// the last listing when only removals followed it).
+#[test]
+fn rmdir_after_a_listing_sees_what_is_left_and_what_came_since() {
+    let mnt = Mounted::root("");
+    fs::create_dir_all(mnt.server("d")).unwrap();
+    for n in ["a", "b"] {
+        fs::write(mnt.server(format!("d/{n}")), n).unwrap();
+    }
+    fs::write(mnt.server("elsewhere"), b"e").unwrap();
+    let listed = |p: &str| fs::read_dir(mnt.path(p)).unwrap().count();
+    assert_eq!(listed("d"), 2);
+    fs::remove_file(mnt.path("d/a")).unwrap();
+    let e = fs::remove_dir(mnt.path("d")).expect_err("b is left");
+    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
+    assert_eq!(listed("d"), 1);
+    fs::write(mnt.path("d/c"), b"c").unwrap();
+    // On the server, and (in write-back mode) forgotten by the mount's view of pending
+    // changes: only the listing could say what is in d now.
+    assert!(mnt.server("d/c").exists());
+    std::thread::sleep(Duration::from_millis(200));
+    fs::remove_file(mnt.path("d/b")).unwrap();
+    let e = fs::remove_dir(mnt.path("d")).expect_err("c was made after the listing");
+    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
+    assert_eq!(listed("d"), 1);
+    fs::rename(mnt.path("elsewhere"), mnt.path("d/moved")).unwrap();
+    assert!(mnt.server("d/moved").exists());
+    std::thread::sleep(Duration::from_millis(200));
+    fs::remove_file(mnt.path("d/c")).unwrap();
+    let e = fs::remove_dir(mnt.path("d")).expect_err("a name was moved in after the listing");
+    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
+    fs::remove_file(mnt.path("d/moved")).unwrap();
+    fs::remove_dir(mnt.path("d")).unwrap();
+    assert!(!mnt.server("d").exists());
+}
+
 #[test]
 fn truncate_shrinks_and_grows() {
     let mnt = Mounted::root("");

@@ -78,8 +78,13 @@ fn run_ok(cmd: &mut Command) {
 /// Runs `cmd` in a fresh mount of the server's data directory, through a link of `RTT_MS`, and
 /// returns what the mount sent.
 fn counted(sshd: &Sshd, cmd: &mut Command) -> Traffic {
+    counted_with(sshd, &sshd.key_options(), cmd)
+}
+
+/// `counted`, with the mount's `options`.
+fn counted_with(sshd: &Sshd, options: &str, cmd: &mut Command) -> Traffic {
     let proxy = Proxy::start(sshd.port, RTT_MS);
-    let mut mount = Mount::with_stdin(proxy.port, &sshd.remote(""), &sshd.key_options(), None);
+    let mut mount = Mount::with_stdin(proxy.port, &sshd.remote(""), options, None);
     run_ok(cmd.current_dir(&mount.mountpoint));
     mount.signal(nix::sys::signal::Signal::SIGTERM);
     mount
@@ -230,4 +235,37 @@ fn gnu_tar_and_cp_a_take_two_round_trips_per_file() {
     eprintln!("cp -a: {t:?}, {:.2} per file", per(&t, FILES));
     assert_same_tree(&src.join("tree"), &sshd.data.join("copy"), true);
     assert!(per(&t, FILES) <= 2.3, "{t:?}");
+}
+
+#[test]
+fn write_back_rm_rf_lists_each_directory_once() {
+    let sshd = Sshd::start();
+    let work = TempDir::new("rt-wb-rm");
+    let (_, tar) = make_tree(work.path(), (0, 0));
+    run_ok(
+        Command::new("tar")
+            .arg("xf")
+            .arg(&tar)
+            .current_dir(&sshd.data),
+    );
+    let options = format!(
+        "{},writeback=yes,writeback_dir={}",
+        sshd.key_options(),
+        work.path().join("journal").display()
+    );
+    let t = counted_with(
+        &sshd,
+        &options,
+        Command::new("busybox").args(["rm", "-rf", "tree"]),
+    );
+    let dirs = DIRS + 1;
+    eprintln!(
+        "busybox rm -rf, write-back: {t:?}, {:.2} per directory",
+        per(&t, dirs)
+    );
+    assert!(!sshd.data.join("tree").exists(), "drained at unmount");
+    // rm lists each directory (the mount lists subdirectories ahead, together), the unlinks
+    // are journaled and sent many to a round trip, and the rmdir after them needs no second
+    // listing of its own: 0.25 per directory here. Before, each rmdir listed again: 2.06.
+    assert!(per(&t, dirs) <= 1.0, "{t:?}");
 }

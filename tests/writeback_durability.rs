@@ -361,3 +361,62 @@ fn a_full_journal_makes_writes_wait_never_fail() {
     );
     eprintln!("bound: the journal held at most {most} bytes on disk with writeback_max=1M");
 }
+
+#[test]
+fn files_the_mount_wrote_read_back_with_the_server_gone() {
+    let mut sshd = Sshd::start();
+    let work = TempDir::new("wb-kept");
+    // A short reconnect budget: a read that needs the server fails in seconds, not minutes.
+    let m = mount_wb(
+        &sshd,
+        sshd.port,
+        &work.path().join("journal"),
+        "reconnect_timeout=3",
+    );
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("d{}/f{i}", i % 4),
+                pseudo_random(i + 50, 100 + i as usize * 997),
+            )
+        })
+        .collect();
+    for d in 0..4 {
+        fs::create_dir(m.path(&format!("d{d}"))).unwrap();
+    }
+    for (p, data) in &files {
+        fs::write(m.path(p), data).unwrap();
+    }
+    fsync_dir(&m.path(""));
+    for (p, data) in &files {
+        assert!(
+            fs::read(sshd.data.join(p)).unwrap() == *data,
+            "{p} on the server"
+        );
+    }
+    // Nothing in the kernel's page cache: every read below reaches the mount.
+    run(Command::new("sh").args(["-c", "sync; echo 1 >/proc/sys/vm/drop_caches"]));
+    sshd.stop();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = m.path("");
+    let reader = std::thread::spawn(move || {
+        for (p, data) in files {
+            let got = fs::read(root.join(&p));
+            let ok = got.as_ref().is_ok_and(|g| *g == data);
+            tx.send((p, ok, got.err())).unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut read = 0;
+    while let Ok((p, ok, err)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        assert!(ok, "{p} read back with the server gone: {err:?}");
+        read += 1;
+    }
+    assert_eq!(
+        read, 40,
+        "reads of what the mount wrote hung with the server gone"
+    );
+    reader.join().unwrap();
+    sshd.restart();
+}

@@ -19,15 +19,21 @@
 //! What is not laid over: a hard link waits until it (and everything before it) is on the
 //! server, and the other name of a hard-linked file shows writes through one name once they
 //! are applied.
+//!
+//! A file the mount created and wrote (up to `KEPT_FILE_MAX`) keeps its bytes for the cache
+//! timeout once it is on the server ([`View::kept`]): reading it back then costs no round trip.
+//! Another client's change to such a file shows once that time is over, as its attributes do
+//! (the same `cache_timeout` bounds both).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
 use super::extents::{Extents, Piece};
 use super::{Attrs, Journal, JournalError, Op, below_or_at};
+use crate::kept::Kept;
 use crate::sftp::{DirEntry, Error, File, FileAttributes, OpenFlags, Sftp, StatusCode};
 
 const S_IFMT: u32 = 0o170000;
@@ -40,6 +46,15 @@ const MAPPING_TRIES: usize = 4;
 const PRUNE_BATCH: Duration = Duration::from_millis(20);
 /// Longest a server call waits for the replayer to mark a rename it went through done.
 const MOVED_WAIT: Duration = Duration::from_secs(10);
+/// Biggest file whose bytes are kept once applied (small files are where a round trip costs
+/// the most against the bytes).
+const KEPT_FILE_MAX: u64 = 1 << 20;
+/// Bytes, and files, kept in all.
+const KEPT_BYTES_MAX: usize = 64 << 20;
+const KEPT_FILES_MAX: usize = 16_384;
+/// Directory listings kept for an rmdir (`View::listed`), in count and in bytes of names.
+const LISTED_MAX: usize = 4096;
+const LISTED_BYTES_MAX: usize = 8 << 20;
 
 /// What a pending change made of a name.
 #[derive(Debug, Clone)]
@@ -75,6 +90,23 @@ enum Kind {
 struct Content {
     extents: Extents,
     zeros: Option<Zeros>,
+    /// Created here: every byte is in `extents` (or a zero), none only on the server, so the
+    /// whole file can be kept once applied (`View::kept`).
+    whole: bool,
+}
+
+impl Content {
+    /// The first `size` bytes of a `whole` file: what is not written reads as zeros.
+    fn bytes(&self, size: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(size as usize);
+        for p in self.extents.read(0, size) {
+            match p {
+                Piece::Data(d) => out.extend_from_slice(&d),
+                Piece::Gap { len, .. } => out.resize(out.len() + len as usize, 0),
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -92,11 +124,33 @@ struct Moved {
     to: String,
 }
 
-#[derive(Default)]
 struct View {
     nodes: BTreeMap<String, Node>,
     /// Oldest first.
     moved: Vec<Moved>,
+    /// Bytes of files created here, as they are on the server, since `KeptFile::at`: a read
+    /// of one needs no round trip while it is fresh. Dropped by any change to the name or
+    /// its bytes through the mount.
+    kept: Kept<KeptFile>,
+    /// The server's names of directories as last listed, while only removals were made in
+    /// them through the mount: an rmdir after an `rm -r` of their entries needs no second
+    /// listing. Another client's name made there meanwhile makes the rmdir a conflict at
+    /// replay (skipped: the directory stays, with it).
+    listed: Kept<Listed>,
+    /// Bumped by every name made in a directory: a listing taken across one is not kept.
+    additions: u64,
+    /// How long kept bytes and listings are served (the mount's cache timeout).
+    fresh_for: Duration,
+}
+
+struct Listed {
+    at: Instant,
+    names: Vec<String>,
+}
+
+struct KeptFile {
+    at: Instant,
+    data: Arc<Vec<u8>>,
 }
 
 /// What the view says of a name.
@@ -178,6 +232,56 @@ fn rebase(path: &str, from: &str, to: &str) -> String {
 }
 
 impl View {
+    fn new(fresh_for: Duration) -> View {
+        View {
+            nodes: BTreeMap::new(),
+            moved: Vec::new(),
+            kept: Kept::new(KEPT_FILES_MAX, KEPT_BYTES_MAX),
+            listed: Kept::new(LISTED_MAX, LISTED_BYTES_MAX),
+            additions: 0,
+            fresh_for,
+        }
+    }
+
+    /// A name is made in `dir` (or moved or linked there): its listing is no longer enough.
+    fn added_in(&mut self, dir: &str) {
+        self.additions += 1;
+        self.listed.remove(dir);
+    }
+
+    /// Whether `dir` is known empty without asking the server: listed a moment ago, and
+    /// every name the server had there is gone in the view since, none made.
+    fn known_empty(&self, dir: &str) -> bool {
+        let Some(l) = self
+            .listed
+            .get(dir)
+            .filter(|l| l.at.elapsed() < self.fresh_for)
+        else {
+            return false;
+        };
+        l.names
+            .iter()
+            .all(|n| matches!(self.found(&join(dir, n)), Found::Missing))
+            && !self
+                .children(dir)
+                .any(|(_, n)| matches!(n.state, State::Here { .. }))
+    }
+
+    /// The kept bytes of `rel`, while they are fresh.
+    fn kept(&self, rel: &str) -> Option<Arc<Vec<u8>>> {
+        self.kept
+            .get(rel)
+            .filter(|k| k.at.elapsed() < self.fresh_for)
+            .map(|k| Arc::clone(&k.data))
+    }
+
+    /// `rel` (and what is below it) changes through the mount: its kept bytes and listings
+    /// are no more.
+    fn forget_kept(&mut self, rel: &str) {
+        self.kept.remove_prefixed(rel, |k| below_or_at(k, rel));
+        self.listed.remove_prefixed(rel, |k| below_or_at(k, rel));
+    }
+
     fn found(&self, rel: &str) -> Found<'_> {
         if let Some(n) = self.nodes.get(rel) {
             return match &n.state {
@@ -232,6 +336,7 @@ impl View {
 
     /// A name gone: it and what the view held below it.
     fn remove_subtree(&mut self, rel: &str) {
+        self.forget_kept(rel);
         let below: Vec<String> = self
             .nodes
             .range(rel.to_string()..)
@@ -260,6 +365,12 @@ impl View {
     }
 
     fn set(&mut self, rel: &str, seq: u64, state: State) {
+        self.forget_kept(rel);
+        if matches!(state, State::Here { .. })
+            && let Some(p) = parent_of(rel)
+        {
+            self.added_in(p);
+        }
         let pins = match self.nodes.get(rel) {
             // The same file changing: its open files keep it.
             Some(n) if matches!(state, State::Here { .. }) => n.pins,
@@ -299,6 +410,7 @@ impl View {
     /// while the server is away).
     fn prune(&mut self, through: u64) {
         let done = |n: &Node| n.seq <= through && n.pins == 0;
+        self.keep_applied(done);
         let complete = |n: &Node| {
             matches!(
                 n.state,
@@ -352,18 +464,54 @@ impl View {
         }
         for n in self.nodes.values_mut() {
             if let State::Here {
+                attrs,
                 kind: Kind::File(c),
-                ..
             } = &mut n.state
             {
                 if c.zeros.is_some_and(|z| z.seq <= through) {
                     c.zeros = None;
                 }
-                let below = c.zeros.map_or(u64::MAX, |z| z.offset);
-                c.extents.prune(through, below);
+                // A file created here keeps all its bytes until all are applied (then they
+                // are kept, above), unless it grows past what would be kept.
+                c.whole &= attrs.size.unwrap_or(0) <= KEPT_FILE_MAX;
+                if !c.whole {
+                    let below = c.zeros.map_or(u64::MAX, |z| z.offset);
+                    c.extents.prune(through, below);
+                }
             }
         }
         self.moved.retain(|m| m.seq > through);
+    }
+
+    /// Moves the bytes of files created here that are all on the server now (`done`) to
+    /// `kept`: from then on their nodes' bytes are pruned as any other's.
+    fn keep_applied(&mut self, done: impl Fn(&Node) -> bool) {
+        let mut applied = Vec::new();
+        for (k, n) in self.nodes.iter_mut() {
+            let is_done = done(n);
+            if let State::Here {
+                attrs,
+                kind: Kind::File(c),
+            } = &mut n.state
+                && c.whole
+                && is_done
+            {
+                c.whole = false;
+                let size = attrs.size.unwrap_or(0);
+                if !self.fresh_for.is_zero() && size <= KEPT_FILE_MAX {
+                    applied.push((k.clone(), c.bytes(size)));
+                }
+            }
+        }
+        let at = Instant::now();
+        for (k, data) in applied {
+            let (bytes, ticket) = (data.len(), self.kept.ticket());
+            let file = KeptFile {
+                at,
+                data: Arc::new(data),
+            };
+            self.kept.insert(k, file, bytes, ticket);
+        }
     }
 }
 
@@ -371,11 +519,13 @@ impl Overlay {
     /// The view of `sftp`'s root with `journal`'s pending changes over it. The journal's
     /// replayer runs apart (`Replayer::start`); the view forgets what it has applied. Needs a
     /// tokio runtime.
-    pub fn new(journal: Journal, sftp: Sftp) -> Overlay {
+    /// `keep`: how long the bytes of a file created here are served once applied (the
+    /// cache timeout; zero keeps none).
+    pub fn new(journal: Journal, sftp: Sftp, keep: Duration) -> Overlay {
         let inner = Arc::new(Inner {
             journal,
             sftp,
-            view: Mutex::new(View::default()),
+            view: Mutex::new(View::new(keep)),
             order: tokio::sync::Mutex::new(()),
             owner: Mutex::new((0, 0)),
         });
@@ -542,11 +692,14 @@ impl Overlay {
 
     pub async fn read_dir(&self, full: &str) -> Result<Vec<DirEntry>, Error> {
         let rel = self.rel(full)?;
-        let (complete, here) = match self.inner.view.lock().found(rel) {
-            Found::Here(_, Kind::Dir { complete }) => (*complete, true),
-            Found::Here(..) => return Err(failure(full, "not a directory")),
-            Found::Missing => return Err(no_such(full)),
-            Found::Server => (false, false),
+        let (complete, here, additions) = {
+            let v = self.inner.view.lock();
+            match v.found(rel) {
+                Found::Here(_, Kind::Dir { complete }) => (*complete, true, v.additions),
+                Found::Here(..) => return Err(failure(full, "not a directory")),
+                Found::Missing => return Err(no_such(full)),
+                Found::Server => (false, false, v.additions),
+            }
         };
         let mut entries = if complete {
             Vec::new()
@@ -562,7 +715,19 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
         };
-        let view = self.inner.view.lock();
+        let mut view = self.inner.view.lock();
+        if !complete && view.additions == additions && !view.fresh_for.is_zero() {
+            let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            let (bytes, ticket) = (
+                names.iter().map(|n| n.len() + 32).sum(),
+                view.listed.ticket(),
+            );
+            let listed = Listed {
+                at: Instant::now(),
+                names,
+            };
+            view.listed.insert(rel.to_string(), listed, bytes, ticket);
+        }
         let mut ours: BTreeMap<&str, &Node> = view.children(rel).collect();
         entries.retain_mut(|e| match ours.remove(e.name.as_str()) {
             None => true,
@@ -713,7 +878,8 @@ impl Overlay {
             }
             _ => {}
         }
-        if !self.is_empty_dir(full).await? {
+        let known_empty = self.inner.view.lock().known_empty(rel);
+        if !known_empty && !self.is_empty_dir(full).await? {
             return Err(failure(full, "directory not empty"));
         }
         self.change(
@@ -815,6 +981,9 @@ impl Overlay {
                     v.nodes.insert(rebase(&k, from, to), n);
                 }
                 v.set(from, seq, State::Gone);
+                if let Some(p) = parent_of(to) {
+                    v.added_in(p);
+                }
                 if !held && let Some(p) = parent_of(to) {
                     // The server answers for the moved name (at `from` until the rename is
                     // applied).
@@ -858,6 +1027,21 @@ impl Overlay {
                     v.remove_subtree(new);
                     if let Some(p) = parent_of(new) {
                         v.incomplete(p);
+                        v.added_in(p);
+                    }
+                    // Writes through the other name change these bytes on the server, out
+                    // of this name's sight: none of them is kept.
+                    v.forget_kept(existing);
+                    if let Some(Node {
+                        state:
+                            State::Here {
+                                kind: Kind::File(c),
+                                ..
+                            },
+                        ..
+                    }) = v.nodes.get_mut(existing)
+                    {
+                        c.whole = false;
                     }
                 },
             )
@@ -963,6 +1147,7 @@ impl Overlay {
                 _ => Err(no_such(full)),
             },
             |v, seq| {
+                v.forget_kept(rel);
                 if let Some(Node {
                     seq: s,
                     state:
@@ -1017,6 +1202,11 @@ impl Overlay {
             // the open's, and the handle serves the reads).
             None if !flags.intersects(OpenFlags::WRITE | OpenFlags::TRUNCATE) => {
                 let file = PendingFile::new(self, &rel, false);
+                if self.inner.view.lock().kept(&rel).is_some() {
+                    // Its reads are served from the kept bytes (or, once those are gone,
+                    // by a handle opened then).
+                    return Ok(file);
+                }
                 let (path, _) = self.server_path(&rel);
                 file.open_server(&mut *file.server.lock().await, self.full(&path))
                     .await?;
@@ -1079,6 +1269,7 @@ impl Overlay {
                                 kind: Kind::File(Content {
                                     extents: Extents::default(),
                                     zeros: Some(Zeros { offset: 0, seq }),
+                                    whole: true,
                                 }),
                             },
                         );
@@ -1111,6 +1302,7 @@ impl Overlay {
                 _ => Err(no_such(&full)),
             },
             |v, seq| {
+                v.forget_kept(rel);
                 if let Some(Node {
                     seq: s,
                     state:
@@ -1280,6 +1472,11 @@ impl PendingFile {
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
         let rel = self.rel()?;
+        if let Some(data) = self.overlay.inner.view.lock().kept(&rel) {
+            let from = (offset as usize).min(data.len());
+            let to = from.saturating_add(len as usize).min(data.len());
+            return Ok(data[from..to].to_vec());
+        }
         let Some((pieces, zeros, size)) = self.overlay.pieces(&rel, offset, u64::from(len)) else {
             return self.server_read(&rel, offset, len).await;
         };
@@ -1371,7 +1568,7 @@ mod tests {
 
     #[test]
     fn a_name_is_answered_by_the_nearest_held_ancestor() {
-        let mut v = View::default();
+        let mut v = View::new(Duration::from_secs(20));
         v.set("new", 5, here_dir(true));
         v.set("old", 6, here_dir(false));
         v.set("gone", 7, State::Gone);
@@ -1397,7 +1594,7 @@ mod tests {
 
     #[test]
     fn pending_renames_map_names_back_to_where_the_server_has_them() {
-        let mut v = View::default();
+        let mut v = View::new(Duration::from_secs(20));
         v.moved.push(Moved {
             seq: 3,
             from: "a".into(),
@@ -1418,7 +1615,7 @@ mod tests {
 
     #[test]
     fn children_are_the_direct_ones_only() {
-        let mut v = View::default();
+        let mut v = View::new(Duration::from_secs(20));
         for k in ["a", "a/b", "a/b/c", "a/d", "ab", "z"] {
             v.set(k, 1, State::Gone);
         }
@@ -1426,5 +1623,81 @@ mod tests {
         assert_eq!(root, vec!["a", "ab", "z"]);
         let a: Vec<&str> = v.children("a").map(|(n, _)| n).collect();
         assert_eq!(a, vec!["b", "d"]);
+    }
+
+    /// A file created at `seq` with `data` written at `offset` by `seq + 1`.
+    fn created(v: &mut View, rel: &str, seq: u64, offset: u64, data: &[u8]) {
+        let mut c = Content {
+            extents: Extents::default(),
+            zeros: Some(Zeros { offset: 0, seq }),
+            whole: true,
+        };
+        c.extents.write(offset, data, seq + 1);
+        let attrs = FileAttributes {
+            size: Some(offset + data.len() as u64),
+            permissions: Some(S_IFREG | 0o644),
+            ..FileAttributes::empty()
+        };
+        v.set(
+            rel,
+            seq + 1,
+            State::Here {
+                attrs,
+                kind: Kind::File(c),
+            },
+        );
+    }
+
+    #[test]
+    fn a_file_created_here_is_kept_whole_once_applied_until_it_changes() {
+        let mut v = View::new(Duration::from_secs(20));
+        created(&mut v, "d/f", 1, 2, b"xy");
+        v.prune(1);
+        assert!(
+            v.kept("d/f").is_none(),
+            "not all of it is on the server yet"
+        );
+        v.prune(2);
+        assert!(!v.nodes.contains_key("d/f"));
+        assert_eq!(v.kept("d/f").unwrap().as_slice(), b"\0\0xy");
+        // A change of the name, or of a directory above it, drops it.
+        v.set("d/f", 3, State::Gone);
+        assert!(v.kept("d/f").is_none());
+        created(&mut v, "d/g", 4, 0, b"g");
+        v.prune(5);
+        assert!(v.kept("d/g").is_some());
+        v.remove_subtree("d");
+        assert!(v.kept("d/g").is_none());
+    }
+
+    #[test]
+    fn only_small_files_are_kept_and_only_while_fresh() {
+        let mut v = View::new(Duration::from_secs(20));
+        created(&mut v, "big", 1, 0, &vec![7; KEPT_FILE_MAX as usize + 1]);
+        v.prune(2);
+        assert!(v.kept("big").is_none());
+        let mut v = View::new(Duration::ZERO);
+        created(&mut v, "f", 1, 0, b"f");
+        v.prune(2);
+        assert!(v.kept("f").is_none(), "a zero cache timeout keeps nothing");
+    }
+
+    #[test]
+    fn a_file_from_the_server_is_never_kept() {
+        let mut v = View::new(Duration::from_secs(20));
+        created(&mut v, "f", 1, 0, b"f");
+        if let Some(Node {
+            state:
+                State::Here {
+                    kind: Kind::File(c),
+                    ..
+                },
+            ..
+        }) = v.nodes.get_mut("f")
+        {
+            c.whole = false;
+        }
+        v.prune(2);
+        assert!(v.kept("f").is_none());
     }
 }

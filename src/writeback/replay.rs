@@ -312,6 +312,26 @@ fn join(root: &str, rel: &str) -> String {
     }
 }
 
+/// The writes `ops` starts with, up to the first that overlaps an earlier one: they may go in
+/// any order.
+fn disjoint_writes(ops: &[Op]) -> Vec<(u64, &[u8])> {
+    let mut writes: Vec<(u64, &[u8])> = Vec::new();
+    for op in ops {
+        let Op::Write { offset, data, .. } = op else {
+            break;
+        };
+        let end = offset + data.len() as u64;
+        if writes
+            .iter()
+            .any(|&(o, d)| *offset < o + d.len() as u64 && o < end)
+        {
+            break;
+        }
+        writes.push((*offset, data));
+    }
+    writes
+}
+
 fn is_file_change(op: &Op) -> bool {
     matches!(
         op,
@@ -395,7 +415,26 @@ impl Ctx {
             _ => (self.open_existing(rel, &full).await?, ops),
         };
         let mut r = Ok(());
-        for op in rest {
+        let mut rest = rest;
+        while let Some(op) = rest.first() {
+            let writes = disjoint_writes(rest);
+            if writes.len() > 1 {
+                // Disjoint writes commute: all in flight at once (a batch is at most
+                // `MAX_GROUP_BYTES`), not one round trip after another.
+                let sent = writes
+                    .iter()
+                    .map(|&(offset, data)| file.write(offset, data));
+                r = futures::future::try_join_all(sent)
+                    .await
+                    .map(drop)
+                    .map_err(|e| fail("write", rel, e));
+                rest = &rest[writes.len()..];
+                if r.is_err() {
+                    break;
+                }
+                continue;
+            }
+            rest = &rest[1..];
             r = match op {
                 Op::Write { offset, data, .. } => file
                     .write(*offset, data)
@@ -728,5 +767,38 @@ fn describe(a: &FileAttributes) -> String {
         format!("a file of {} bytes", a.size.unwrap_or(0))
     } else {
         "a special file".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Op, disjoint_writes};
+
+    fn write(offset: u64, len: usize) -> Op {
+        Op::Write {
+            path: "f".into(),
+            offset,
+            data: vec![1; len],
+        }
+    }
+
+    #[test]
+    fn writes_go_together_up_to_the_first_overlap_or_other_change() {
+        let ops = [write(0, 10), write(20, 10), write(10, 10), write(25, 1)];
+        assert_eq!(
+            disjoint_writes(&ops).len(),
+            3,
+            "touching is not overlapping"
+        );
+        let ops = [
+            write(0, 10),
+            Op::Truncate {
+                path: "f".into(),
+                size: 0,
+            },
+            write(20, 1),
+        ];
+        assert_eq!(disjoint_writes(&ops).len(), 1);
+        assert_eq!(disjoint_writes(&[write(5, 0), write(5, 3)]).len(), 2);
     }
 }
