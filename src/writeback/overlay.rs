@@ -252,11 +252,7 @@ impl View {
     /// Whether `dir` is known empty without asking the server: listed a moment ago, and
     /// every name the server had there is gone in the view since, none made.
     fn known_empty(&self, dir: &str) -> bool {
-        let Some(l) = self
-            .listed
-            .get(dir)
-            .filter(|l| l.at.elapsed() < self.fresh_for)
-        else {
+        let Some(l) = self.listed.get(dir).filter(|l| self.fresh(l.at)) else {
             return false;
         };
         l.names
@@ -267,17 +263,22 @@ impl View {
                 .any(|(_, n)| matches!(n.state, State::Here { .. }))
     }
 
+    /// Whether what was kept `at` may still be served.
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.fresh_for
+    }
+
     /// The kept bytes of `rel`, while they are fresh.
     fn kept(&self, rel: &str) -> Option<Arc<Vec<u8>>> {
         self.kept
             .get(rel)
-            .filter(|k| k.at.elapsed() < self.fresh_for)
+            .filter(|k| self.fresh(k.at))
             .map(|k| Arc::clone(&k.data))
     }
 
     /// `rel` (and what is below it) changes through the mount: its kept bytes and listings
     /// are no more.
-    fn forget_kept(&mut self, rel: &str) {
+    fn forget_cached(&mut self, rel: &str) {
         self.kept.remove_prefixed(rel, |k| below_or_at(k, rel));
         self.listed.remove_prefixed(rel, |k| below_or_at(k, rel));
     }
@@ -336,7 +337,7 @@ impl View {
 
     /// A name gone: it and what the view held below it.
     fn remove_subtree(&mut self, rel: &str) {
-        self.forget_kept(rel);
+        self.forget_cached(rel);
         let below: Vec<String> = self
             .nodes
             .range(rel.to_string()..)
@@ -365,7 +366,7 @@ impl View {
     }
 
     fn set(&mut self, rel: &str, seq: u64, state: State) {
-        self.forget_kept(rel);
+        self.forget_cached(rel);
         if matches!(state, State::Here { .. })
             && let Some(p) = parent_of(rel)
         {
@@ -983,11 +984,11 @@ impl Overlay {
                 v.set(from, seq, State::Gone);
                 if let Some(p) = parent_of(to) {
                     v.added_in(p);
-                }
-                if !held && let Some(p) = parent_of(to) {
-                    // The server answers for the moved name (at `from` until the rename is
-                    // applied).
-                    v.incomplete(p);
+                    if !held {
+                        // The server answers for the moved name (at `from` until the rename
+                        // is applied).
+                        v.incomplete(p);
+                    }
                 }
                 v.moved.push(Moved {
                     seq,
@@ -1031,7 +1032,7 @@ impl Overlay {
                     }
                     // Writes through the other name change these bytes on the server, out
                     // of this name's sight: none of them is kept.
-                    v.forget_kept(existing);
+                    v.forget_cached(existing);
                     if let Some(Node {
                         state:
                             State::Here {
@@ -1147,7 +1148,7 @@ impl Overlay {
                 _ => Err(no_such(full)),
             },
             |v, seq| {
-                v.forget_kept(rel);
+                v.forget_cached(rel);
                 if let Some(Node {
                     seq: s,
                     state:
@@ -1302,7 +1303,7 @@ impl Overlay {
                 _ => Err(no_such(&full)),
             },
             |v, seq| {
-                v.forget_kept(rel);
+                v.forget_cached(rel);
                 if let Some(Node {
                     seq: s,
                     state:
@@ -1325,11 +1326,21 @@ impl Overlay {
         .map(drop)
     }
 
-    /// What a read of `rel` at `offset` gets from the view: `None` when the view has no
-    /// say (the server's bytes, all of them), else the pieces, gaps to be read from the
-    /// server, and where the file ends.
+    /// What a read of `rel` at `offset` gets from the view (or its kept bytes): `None` when
+    /// the view has no say (the server's bytes, all of them), else the pieces, gaps to be
+    /// read from the server, and where the file ends.
     fn pieces(&self, rel: &str, offset: u64, len: u64) -> Option<(Vec<Piece>, Option<u64>, u64)> {
         let v = self.inner.view.lock();
+        if let Some(data) = v.kept(rel) {
+            // Bytes the server has, kept since they were applied: no gap to read.
+            let from = offset.min(data.len() as u64) as usize;
+            let to = offset.saturating_add(len).min(data.len() as u64) as usize;
+            return Some((
+                vec![Piece::Data(data[from..to].to_vec())],
+                None,
+                data.len() as u64,
+            ));
+        }
         let Found::Here(attrs, Kind::File(c)) = v.found(rel) else {
             return None;
         };
@@ -1472,11 +1483,6 @@ impl PendingFile {
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
         let rel = self.rel()?;
-        if let Some(data) = self.overlay.inner.view.lock().kept(&rel) {
-            let from = (offset as usize).min(data.len());
-            let to = from.saturating_add(len as usize).min(data.len());
-            return Ok(data[from..to].to_vec());
-        }
         let Some((pieces, zeros, size)) = self.overlay.pieces(&rel, offset, u64::from(len)) else {
             return self.server_read(&rel, offset, len).await;
         };

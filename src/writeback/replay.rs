@@ -418,39 +418,32 @@ impl Ctx {
         let mut rest = rest;
         while let Some(op) = rest.first() {
             let writes = disjoint_writes(rest);
-            if writes.len() > 1 {
+            r = if writes.is_empty() {
+                rest = &rest[1..];
+                match op {
+                    Op::Truncate { size, .. } => {
+                        let set = FileAttributes {
+                            size: Some(*size),
+                            ..FileAttributes::empty()
+                        };
+                        file.fsetstat(set)
+                            .await
+                            .map_err(|e| fail("truncate", rel, e))
+                    }
+                    Op::SetAttr { attrs, .. } => self.set_on_handle(rel, &file, attrs).await,
+                    _ => Ok(()),
+                }
+            } else {
                 // Disjoint writes commute: all in flight at once (a batch is at most
                 // `MAX_GROUP_BYTES`), not one round trip after another.
+                rest = &rest[writes.len()..];
                 let sent = writes
                     .iter()
                     .map(|&(offset, data)| file.write(offset, data));
-                r = futures::future::try_join_all(sent)
+                futures::future::try_join_all(sent)
                     .await
                     .map(drop)
-                    .map_err(|e| fail("write", rel, e));
-                rest = &rest[writes.len()..];
-                if r.is_err() {
-                    break;
-                }
-                continue;
-            }
-            rest = &rest[1..];
-            r = match op {
-                Op::Write { offset, data, .. } => file
-                    .write(*offset, data)
-                    .await
-                    .map_err(|e| fail("write", rel, e)),
-                Op::Truncate { size, .. } => {
-                    let set = FileAttributes {
-                        size: Some(*size),
-                        ..FileAttributes::empty()
-                    };
-                    file.fsetstat(set)
-                        .await
-                        .map_err(|e| fail("truncate", rel, e))
-                }
-                Op::SetAttr { attrs, .. } => self.set_on_handle(rel, &file, attrs).await,
-                _ => Ok(()),
+                    .map_err(|e| fail("write", rel, e))
             };
             if r.is_err() {
                 break;
