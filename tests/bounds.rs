@@ -40,14 +40,6 @@ const NAMES_HELD_MAX: u64 = 100_000 + 50_000;
 /// Allocator slack and the walk's own noise on top of the mount's RSS before the walk.
 const SLACK: u64 = 48 << 20;
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).expect("mount process status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 fn name(i: usize) -> String {
     let mut n = format!("{i:06}-");
     n.push_str(&"n".repeat(NAME_LEN - n.len()));

@@ -60,7 +60,7 @@ fn tree_ops(files: usize, size: usize) -> Vec<Op> {
             ops.push(Op::Write {
                 path: path.clone(),
                 offset: (k * 4096) as u64,
-                data: chunk.to_vec(),
+                data: chunk.to_vec().into(),
             });
         }
         ops.push(Op::SetAttr {
@@ -108,7 +108,7 @@ fn tree_ops(files: usize, size: usize) -> Vec<Op> {
         Op::Write {
             path: s("d/hard"),
             offset: 1,
-            data: b"XY".to_vec(),
+            data: b"XY".to_vec().into(),
         },
         // Created and deleted before it reached the server: never sent.
         Op::Create {
@@ -120,7 +120,7 @@ fn tree_ops(files: usize, size: usize) -> Vec<Op> {
         Op::Write {
             path: s("d/tmp"),
             offset: 0,
-            data: b"scratch".to_vec(),
+            data: b"scratch".to_vec().into(),
         },
         Op::Unlink { path: s("d/tmp") },
         Op::Rmdir { path: s("gone") },
@@ -406,7 +406,7 @@ async fn conflicts_are_skipped_and_counted_never_forced() {
         Op::Write {
             path: s("taken"),
             offset: 0,
-            data: b"ours".to_vec(),
+            data: b"ours".to_vec().into(),
         },
         Op::Rename {
             from: s("taken"),
@@ -415,7 +415,7 @@ async fn conflicts_are_skipped_and_counted_never_forced() {
         Op::Write {
             path: s("ours-renamed"),
             offset: 0,
-            data: b"more".to_vec(),
+            data: b"more".to_vec().into(),
         },
         // A directory that is not empty on the server stays.
         Op::Rmdir { path: s("full") },

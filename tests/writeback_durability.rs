@@ -362,6 +362,50 @@ fn a_full_journal_makes_writes_wait_never_fail() {
     eprintln!("bound: the journal held at most {most} bytes on disk with writeback_max=1M");
 }
 
+/// Bytes not yet on the server are in memory once, shared by the journal's record, the
+/// replayer's batches and the mount's view of the file (README, write-back: memory). 64 MiB
+/// written behind a slow link, so that nearly all of it is pending at once, grow the mount's
+/// peak RSS by about 64 MiB. Each used to hold its own copy: about 3x.
+#[test]
+fn pending_bytes_are_held_in_memory_once() {
+    const LEN: usize = 64 << 20;
+    let sshd = Sshd::start();
+    let work = TempDir::new("wb-memory");
+    let proxy = Proxy::start(sshd.port, 200);
+    let m = mount_wb(&sshd, proxy.port, &work.path().join("journal"), "");
+    let pid = m.pid().expect("mount process");
+    fs::metadata(m.path("")).unwrap();
+    let before = status_kib(pid, "VmRSS:") << 10;
+    let data = pseudo_random(64, LEN);
+    let mut f = fs::File::create(m.path("big.bin")).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    drop(f);
+    let peak = status_kib(pid, "VmHWM:") << 10;
+    let on_server = fs::metadata(sshd.data.join("big.bin")).map_or(0, |m| m.len());
+    assert!(
+        on_server < LEN as u64 / 2,
+        "most of it is pending at the close ({on_server} bytes on the server)"
+    );
+    fsync_dir(&m.path(""));
+    assert!(fs::read(sshd.data.join("big.bin")).unwrap() == data);
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "peak RSS grew by {} MiB for {} MiB written",
+        grew >> 20,
+        LEN >> 20
+    );
+    // The bytes once, plus the queue of writes each open file has (32 MiB at most, drained
+    // as fast as the journal takes it) and the allocator's slack.
+    assert!(
+        grew <= LEN as u64 + (48 << 20),
+        "peak RSS grew by {} MiB for {} MiB pending",
+        grew >> 20,
+        LEN >> 20
+    );
+}
+
 #[test]
 fn files_the_mount_wrote_read_back_with_the_server_gone() {
     let mut sshd = Sshd::start();

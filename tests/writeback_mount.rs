@@ -42,7 +42,7 @@ fn some_changes() -> Vec<Op> {
         Op::Write {
             path: "earlier/f".into(),
             offset: 0,
-            data: b"written before the last stop".to_vec(),
+            data: b"written before the last stop".to_vec().into(),
         },
     ]
 }

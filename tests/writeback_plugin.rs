@@ -150,7 +150,7 @@ fn a_write_back_volume_replays_on_mount_and_is_removable_only_when_empty() {
             Op::Write {
                 path: "earlier/f".into(),
                 offset: 0,
-                data: b"journaled".to_vec(),
+                data: b"journaled".to_vec().into(),
             },
         ] {
             j.append_now(op).unwrap();

@@ -50,6 +50,10 @@ pub struct File {
     stripes: Mutex<Vec<OpenHandle>>,
     /// Set once the stripes were asked for: writes may then be on several channels.
     striping: AtomicBool,
+    /// Done once the stripes were opened (or refused): writes past `STRIPE_AFTER` wait for
+    /// it, so that a burst of writes sent together (the write-back replayer sends a whole
+    /// batch at once) is spread too rather than all queued on the main channel meanwhile.
+    spread: tokio::sync::OnceCell<()>,
     written: AtomicU64,
 }
 
@@ -273,9 +277,9 @@ impl File {
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let max = self.sftp.remote.write_len.load(Ordering::Relaxed);
         let before = self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if before + data.len() as u64 >= STRIPE_AFTER && !self.striping.swap(true, Ordering::SeqCst)
-        {
-            self.open_stripes().await;
+        if before + data.len() as u64 >= STRIPE_AFTER {
+            self.striping.store(true, Ordering::SeqCst);
+            self.spread.get_or_init(|| self.open_stripes()).await;
         }
         let stripes = self.live_stripes();
         let chunks = data.chunks(max).enumerate().map(|(i, chunk)| {
@@ -410,6 +414,7 @@ impl Sftp {
             reopening: tokio::sync::Mutex::new(()),
             stripes: Mutex::new(Vec::new()),
             striping: AtomicBool::new(false),
+            spread: tokio::sync::OnceCell::new(),
             written: AtomicU64::new(0),
         })
     }

@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 /// One written range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Extent {
     seq: u64,
-    data: Vec<u8>,
+    /// Shared with the write's journal record: slices of it, never copies.
+    data: Bytes,
 }
 
 /// Written ranges of one file, by offset; they never overlap (a later write replaces what it
@@ -22,7 +25,7 @@ pub struct Extents {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
     /// Bytes written through the mount.
-    Data(Vec<u8>),
+    Data(Bytes),
     /// `len` bytes not written through the mount: from the server (or zeros, as the caller
     /// knows).
     Gap { offset: u64, len: u64 },
@@ -39,19 +42,13 @@ impl Extents {
     }
 
     /// Records a write of `data` at `offset` by journal record `seq`.
-    pub fn write(&mut self, offset: u64, data: &[u8], seq: u64) {
+    pub fn write(&mut self, offset: u64, data: Bytes, seq: u64) {
         if data.is_empty() {
             return;
         }
         let end = offset + data.len() as u64;
         self.cut(offset, end);
-        self.map.insert(
-            offset,
-            Extent {
-                seq,
-                data: data.to_vec(),
-            },
-        );
+        self.map.insert(offset, Extent { seq, data });
     }
 
     /// Forgets everything at or past `size` (a truncate).
@@ -84,7 +81,7 @@ impl Extents {
                     off,
                     Extent {
                         seq: e.seq,
-                        data: e.data[..keep].to_vec(),
+                        data: e.data.slice(..keep),
                     },
                 );
             }
@@ -94,7 +91,7 @@ impl Extents {
                     end,
                     Extent {
                         seq: e.seq,
-                        data: e.data[skip..].to_vec(),
+                        data: e.data.slice(skip..),
                     },
                 );
             }
@@ -128,7 +125,7 @@ impl Extents {
             }
             let from = (at - off) as usize;
             let to = (e_end.min(end) - off) as usize;
-            out.push(Piece::Data(e.data[from..to].to_vec()));
+            out.push(Piece::Data(e.data.slice(from..to)));
             at = off + to as u64;
         }
         if at < end {
@@ -175,7 +172,7 @@ mod tests {
                 let seq = i as u64 + 1;
                 match s {
                     Step::Write(o, d) => {
-                        ext.write(*o, d, seq);
+                        ext.write(*o, Bytes::copy_from_slice(d), seq);
                         for (k, b) in d.iter().enumerate() {
                             model[*o as usize + k] = Some((seq, *b));
                         }

@@ -778,7 +778,7 @@ mod tests {
             .map(|i| Op::Write {
                 path: format!("f{i}"),
                 offset: i,
-                data: vec![i as u8; 10 + i as usize],
+                data: vec![i as u8; 10 + i as usize].into(),
             })
             .collect();
         let d = tmpdir("torn");
@@ -824,7 +824,7 @@ mod tests {
                 j.append_now(Op::Write {
                     path: "f".into(),
                     offset: i * big.len() as u64,
-                    data: big.clone(),
+                    data: big.clone().into(),
                 })
                 .unwrap();
             }
@@ -876,7 +876,7 @@ mod tests {
         let w = |n: u64| Op::Write {
             path: "f".into(),
             offset: n,
-            data: vec![1; 200],
+            data: vec![1; 200].into(),
         };
         j.append(w(0)).await.unwrap();
         let j2 = j.clone();

@@ -18,6 +18,8 @@ pub mod overlay;
 pub mod replay;
 pub mod schedule;
 
+use bytes::Bytes;
+
 pub use journal::{Journal, JournalError, JournalStats, Record};
 pub use overlay::Overlay;
 pub use replay::{ReplayStats, Replayer};
@@ -65,10 +67,12 @@ pub enum Op {
         uid: Option<u32>,
         gid: Option<u32>,
     },
+    /// `data` is shared, not copied, by the journal's pending record, the replayer's batches
+    /// and the mount's view of the file: pending bytes are in memory once.
     Write {
         path: String,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     Truncate {
         path: String,
@@ -224,7 +228,7 @@ impl Op {
             2 => Op::Write {
                 path: r.str()?,
                 offset: r.u64()?,
-                data: r.bytes()?.to_vec(),
+                data: Bytes::copy_from_slice(r.bytes()?),
             },
             3 => Op::Truncate {
                 path: r.str()?,
@@ -386,7 +390,11 @@ pub(crate) mod tests {
                 any::<u64>(),
                 proptest::collection::vec(any::<u8>(), 0..64)
             )
-                .prop_map(|(path, offset, data)| Op::Write { path, offset, data }),
+                .prop_map(|(path, offset, data)| Op::Write {
+                    path,
+                    offset,
+                    data: data.into()
+                }),
             (p, any::<u64>()).prop_map(|(path, size)| Op::Truncate { path, size }),
             (p, any_attrs()).prop_map(|(path, attrs)| Op::SetAttr { path, attrs }),
             (p, any::<u32>()).prop_map(|(path, mode)| Op::Mkdir { path, mode }),

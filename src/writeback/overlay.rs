@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::extents::{Extents, Piece};
@@ -150,7 +151,7 @@ struct Listed {
 
 struct KeptFile {
     at: Instant,
-    data: Arc<Vec<u8>>,
+    data: Bytes,
 }
 
 /// What the view says of a name.
@@ -269,11 +270,11 @@ impl View {
     }
 
     /// The kept bytes of `rel`, while they are fresh.
-    fn kept(&self, rel: &str) -> Option<Arc<Vec<u8>>> {
+    fn kept(&self, rel: &str) -> Option<Bytes> {
         self.kept
             .get(rel)
             .filter(|k| self.fresh(k.at))
-            .map(|k| Arc::clone(&k.data))
+            .map(|k| k.data.clone())
     }
 
     /// `rel` (and what is below it) changes through the mount: its kept bytes and listings
@@ -509,7 +510,7 @@ impl View {
             let (bytes, ticket) = (data.len(), self.kept.ticket());
             let file = KeptFile {
                 at,
-                data: Arc::new(data),
+                data: data.into(),
             };
             self.kept.insert(k, file, bytes, ticket);
         }
@@ -1290,6 +1291,7 @@ impl Overlay {
 
     async fn write(&self, rel: &str, offset: u64, data: &[u8]) -> Result<(), Error> {
         let full = self.full(rel);
+        let data = Bytes::copy_from_slice(data);
         let _turn = self.turn().await;
         self.current(rel, &full).await?;
         self.change_in_turn(
@@ -1297,7 +1299,7 @@ impl Overlay {
                 Found::Here(_, Kind::File(_)) => Ok(Op::Write {
                     path: rel.to_string(),
                     offset,
-                    data: data.to_vec(),
+                    data: data.clone(),
                 }),
                 Found::Here(..) => Err(failure(&full, "not a regular file")),
                 _ => Err(no_such(&full)),
@@ -1315,7 +1317,7 @@ impl Overlay {
                 }) = v.nodes.get_mut(rel)
                 {
                     *s = seq;
-                    c.extents.write(offset, data, seq);
+                    c.extents.write(offset, data.clone(), seq);
                     let end = offset + data.len() as u64;
                     attrs.size = Some(attrs.size.unwrap_or(0).max(end));
                     attrs.mtime = Some(now());
@@ -1336,7 +1338,7 @@ impl Overlay {
             let from = offset.min(data.len() as u64) as usize;
             let to = offset.saturating_add(len).min(data.len() as u64) as usize;
             return Some((
-                vec![Piece::Data(data[from..to].to_vec())],
+                vec![Piece::Data(data.slice(from..to))],
                 None,
                 data.len() as u64,
             ));
@@ -1638,7 +1640,8 @@ mod tests {
             zeros: Some(Zeros { offset: 0, seq }),
             whole: true,
         };
-        c.extents.write(offset, data, seq + 1);
+        c.extents
+            .write(offset, Bytes::copy_from_slice(data), seq + 1);
         let attrs = FileAttributes {
             size: Some(offset + data.len() as u64),
             permissions: Some(S_IFREG | 0o644),
@@ -1665,7 +1668,7 @@ mod tests {
         );
         v.prune(2);
         assert!(!v.nodes.contains_key("d/f"));
-        assert_eq!(v.kept("d/f").unwrap().as_slice(), b"\0\0xy");
+        assert_eq!(v.kept("d/f").unwrap().as_ref(), b"\0\0xy");
         // A change of the name, or of a directory above it, drops it.
         v.set("d/f", 3, State::Gone);
         assert!(v.kept("d/f").is_none());

@@ -34,7 +34,7 @@ const SCAN_WINDOW: usize = 2048;
 /// Most changes to one file taken into one batch.
 const MAX_GROUP_OPS: usize = 512;
 /// Most data bytes in one batch.
-const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
 /// Longest write made by merging writes.
 const MAX_MERGED_WRITE: usize = 1024 * 1024;
 
@@ -318,7 +318,7 @@ fn merge(prev: &mut Op, next: Op) -> Option<Op> {
             let b = (o2 - start) as usize;
             merged[b..b + d2.len()].copy_from_slice(&d2);
             *o1 = start;
-            *d1 = merged;
+            *d1 = merged.into();
             None
         }
         (Op::SetAttr { attrs: a1, .. }, Op::SetAttr { path, attrs: a2 }) => {
@@ -608,7 +608,7 @@ pub(crate) mod tests {
             1 | 2 => Op::Write {
                 path: p,
                 offset: u64::from(n % 12),
-                data: vec![n as u8; len as usize],
+                data: vec![n as u8; len as usize].into(),
             },
             3 => Op::Truncate {
                 path: p,
@@ -771,7 +771,7 @@ pub(crate) mod tests {
             Op::Write {
                 path: p(),
                 offset: 0,
-                data: b"abc".to_vec(),
+                data: b"abc".to_vec().into(),
             },
             false,
         );
@@ -780,7 +780,7 @@ pub(crate) mod tests {
             Op::Write {
                 path: p(),
                 offset: 3,
-                data: b"def".to_vec(),
+                data: b"def".to_vec().into(),
             },
             false,
         );
@@ -837,7 +837,7 @@ pub(crate) mod tests {
             Op::Write {
                 path: "e".into(),
                 offset: 0,
-                data: b"x".to_vec(),
+                data: b"x".to_vec().into(),
             },
             false,
         );
@@ -878,7 +878,7 @@ pub(crate) mod tests {
                 Op::Write {
                     path: p(),
                     offset: 0,
-                    data: b"abcdef".to_vec()
+                    data: b"abcdef".to_vec().into()
                 },
                 Op::SetAttr {
                     path: p(),
