@@ -50,10 +50,6 @@ pub struct File {
     stripes: Mutex<Vec<OpenHandle>>,
     /// Set once the stripes were asked for: writes may then be on several channels.
     striping: AtomicBool,
-    /// Done once the stripes were opened (or refused): writes past `STRIPE_AFTER` wait for
-    /// it, so that a burst of writes sent together (the write-back replayer sends a whole
-    /// batch at once) is spread too rather than all queued on the main channel meanwhile.
-    spread: tokio::sync::OnceCell<()>,
     written: AtomicU64,
 }
 
@@ -275,13 +271,30 @@ impl File {
     /// Writes all of `data` at `offset` (split into pipelined requests of the server's packet
     /// size).
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        let max = self.sftp.remote.write_len.load(Ordering::Relaxed);
         let before = self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if before + data.len() as u64 >= STRIPE_AFTER {
-            self.striping.store(true, Ordering::SeqCst);
-            self.spread.get_or_init(|| self.open_stripes()).await;
+        let spread_now = before + data.len() as u64 >= STRIPE_AFTER
+            && !self.striping.swap(true, Ordering::SeqCst);
+        let sent = self.send(offset, data, self.live_stripes());
+        if spread_now {
+            // A channel the connection does not have yet costs the server a new sftp-server
+            // (150 ms on a fast link): this write and the ones after it go on the handles
+            // there are meanwhile, rather than wait.
+            let ((), sent) = futures::join!(self.open_stripes(), sent);
+            sent?;
+        } else {
+            sent.await?;
         }
-        let stripes = self.live_stripes();
+        self.sftp
+            .remote
+            .bytes_written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `data` at `offset` in pipelined packets of the server's size, spread over the main
+    /// handle and `stripes`.
+    async fn send(&self, offset: u64, data: &[u8], stripes: Vec<OpenHandle>) -> Result<(), Error> {
+        let max = self.sftp.remote.write_len.load(Ordering::Relaxed);
         let chunks = data.chunks(max).enumerate().map(|(i, chunk)| {
             let at = offset + (i * max) as u64;
             // By position, so each channel gets every n-th packet of a sequential writer.
@@ -291,10 +304,6 @@ impl File {
         for r in futures::future::join_all(chunks).await {
             r?;
         }
-        self.sftp
-            .remote
-            .bytes_written
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -414,7 +423,6 @@ impl Sftp {
             reopening: tokio::sync::Mutex::new(()),
             stripes: Mutex::new(Vec::new()),
             striping: AtomicBool::new(false),
-            spread: tokio::sync::OnceCell::new(),
             written: AtomicU64::new(0),
         })
     }
