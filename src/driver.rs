@@ -1,5 +1,6 @@
 //! Volume semantics behind the Docker calls: create/remove records, count container mounts per
-//! mount ID, mount on the first Mount and unmount on the last Unmount, and report status.
+//! mount ID, mount on the first Mount and unmount a moment (`LINGER`) after the last Unmount,
+//! and report status.
 //!
 //! Concurrency: each volume has its own async lock that serialises Create/Mount/Unmount/Remove
 //! of that volume only, so a slow connect never blocks other volumes. Get/List/Path never take
@@ -11,8 +12,8 @@
 //! ("Transport endpoint is not connected") until they are restarted; their later Unmounts still
 //! balance the kept counts, and the next Mount of the volume (any container) mounts it afresh
 //! because nothing is live. A volume whose counts can no longer balance (its containers vanished
-//! without Unmount, e.g. dockerd was killed) stays removable: Remove only refuses while the
-//! volume is actually mounted.
+//! without Unmount, e.g. dockerd was killed) stays removable: Remove only refuses while a
+//! counted container mount is live (a lingering mount is unmounted first).
 //!
 //! Write-back volumes (`-o writeback=yes`) keep their journal in the state directory
 //! (`Store::writeback_path`), never under the volumes dir. Remove refuses while the journal
@@ -52,6 +53,16 @@ const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
 /// smaller `reconnect_timeout`): dockerd gives Unmount one minute, and what does not drain
 /// stays journaled for the next mount.
 const UNMOUNT_REPLAY: Duration = Duration::from_secs(45);
+
+/// How long a volume stays mounted after its last Unmount. dockerd mounts a fresh volume twice
+/// to start one container (once to copy the image's files up into it, then for the container),
+/// and scripts start containers one after another: a Mount within this time takes the mount
+/// back instead of connecting again. A connection costs 0.2 s on a fast link (mostly the server
+/// starting a session and an sftp-server) and a few round trips more on a slow one.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// A lingering mount is taken back only if its connection answers a stat within this.
+const LINGER_PROBE: Duration = Duration::from_secs(2);
 
 /// Of the shutdown budget, the part kept for unmounting after the drain.
 const UNMOUNT_RESERVE: Duration = Duration::from_secs(2);
@@ -233,6 +244,10 @@ struct MountState {
     watcher: Option<JoinHandle<()>>,
     /// Bumped on every mount/unmount so a late watcher never tears down a newer mount.
     generation: u64,
+    /// While the mount lingers after the last Unmount (`LINGER`): its token and the task that
+    /// unmounts it when the time is over. A timer whose token is no longer here does nothing.
+    lingering: Option<(u64, JoinHandle<()>)>,
+    lingers: u64,
     mounting: bool,
     failed: bool,
     last_error: Option<(String, String)>,
@@ -272,7 +287,15 @@ impl MountState {
     /// Takes the live mount and its watcher out (for unmounting), so that a late watcher never
     /// tears down a newer mount.
     fn take_mounted(&mut self) -> (Option<Arc<Mounted>>, Option<JoinHandle<()>>) {
+        self.stop_lingering();
         (self.take_mount(), self.watcher.take())
+    }
+
+    /// Cancels the linger timer, if any (the mount is taken back, or unmounted now).
+    fn stop_lingering(&mut self) {
+        if let Some((_, timer)) = self.lingering.take() {
+            timer.abort();
+        }
     }
 
     /// Takes the live mount out, keeping what it counted in the volume's totals.
@@ -432,6 +455,10 @@ impl Driver {
             self.forget(name, &runtime);
             return Ok(());
         };
+        if rec.mounts.is_empty() {
+            // Lingering after the last Unmount, if mounted at all: unmount it now.
+            self.stop(name, &runtime).await;
+        }
         if runtime.mount.lock().mounted.is_some() {
             return Err(DriverError::InUse {
                 name: name.to_string(),
@@ -528,16 +555,14 @@ impl Driver {
             return Err(DriverError::NotFound(name.to_string()));
         };
         let mp = self.mountpoint(&rec);
-        if runtime.mount.lock().mounted.is_some() {
+        let live = runtime.mount.lock().mounted.is_some();
+        if live && (!rec.mounts.is_empty() || self.take_back(name, &rec, &runtime).await) {
             rec.mounts.add(id);
             self.store.put(&rec)?;
             return Ok(mp);
         }
 
-        let mut opts = self.effective_options(&rec)?;
-        if let Some(wb) = &mut opts.writeback {
-            wb.dir = Some(self.journal_dir(&rec)?);
-        }
+        let opts = self.mount_options(&rec)?;
         {
             let mut state = runtime.mount.lock();
             state.mounting = true;
@@ -592,8 +617,76 @@ impl Driver {
         Ok(mp)
     }
 
-    /// Uncounts the mount; the last one unmounts (lazily) and disconnects.
-    pub async fn unmount(&self, name: &str, id: &str) -> Result<(), DriverError> {
+    /// A Mount while the volume lingers: keeps its mount if a fresh one would be the same (the
+    /// same options, ssh_config included; no pinned key revoked since) and its connection still
+    /// answers. Otherwise unmounts it, so that the caller mounts afresh and reports what that
+    /// finds (a changed host key, a server that is gone).
+    async fn take_back(&self, name: &str, rec: &VolumeRecord, runtime: &VolumeRuntime) -> bool {
+        let Some(m) = runtime.mount.lock().mounted.clone() else {
+            return false;
+        };
+        let same = self.mount_options(rec).is_ok_and(|fresh| {
+            let mut st = Status::idle(String::new());
+            revocations(&fresh, rec, &mut st);
+            let revoked = st.hostkey_revoked.is_some()
+                || st.jump_hosts.iter().any(|j| j.hostkey_revoked.is_some());
+            !revoked && without_pins(fresh) == without_pins(m.options().clone())
+        });
+        let keep = same && m.answers(LINGER_PROBE).await;
+        // `stop` takes the mount back by value: no clone may be held then.
+        drop(m);
+        if keep {
+            runtime.mount.lock().stop_lingering();
+            tracing::debug!(volume = %name, "took the lingering mount back");
+        } else {
+            tracing::info!(volume = %name, "the lingering mount is not what a new mount would be, or does not answer: mounting afresh");
+            self.stop(name, runtime).await;
+        }
+        keep
+    }
+
+    /// Keeps the last mount for `LINGER` once what the containers wrote is on the server (the
+    /// queued writes and, in write-back mode, the journal, within the Unmount budgets); the
+    /// timer then unmounts it unless a Mount took it back.
+    async fn linger(self: &Arc<Self>, name: &str, runtime: &Arc<VolumeRuntime>) {
+        let Some(m) = runtime.mount.lock().mounted.clone() else {
+            return;
+        };
+        let budget = m
+            .replay_budget()
+            .map_or(UNMOUNT_WAIT, |b| b.min(UNMOUNT_REPLAY));
+        m.drain(Instant::now() + budget).await;
+        drop(m);
+        let mut state = runtime.mount.lock();
+        if state.mounted.is_none() {
+            return;
+        }
+        state.stop_lingering();
+        state.lingers += 1;
+        let token = state.lingers;
+        let (driver, name, rt) = (self.clone(), name.to_string(), runtime.clone());
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            let _guard = rt.calls.lock().await;
+            let mine = {
+                let mut state = rt.mount.lock();
+                let mine = state.lingering.as_ref().is_some_and(|l| l.0 == token);
+                if mine {
+                    // Taken out, not aborted: this task is the timer.
+                    state.lingering = None;
+                }
+                mine
+            };
+            if mine {
+                driver.stop(&name, &rt).await;
+            }
+        });
+        state.lingering = Some((token, timer));
+    }
+
+    /// Uncounts the mount; after the last one the mount lingers (`LINGER`), then is unmounted
+    /// (lazily) and disconnected.
+    pub async fn unmount(self: &Arc<Self>, name: &str, id: &str) -> Result<(), DriverError> {
         validate_name(name)?;
         let (runtime, _guard) = self.lock_volume(name).await;
         let Some(mut rec) = self.store.get(name)? else {
@@ -606,7 +699,7 @@ impl Driver {
             tracing::warn!(volume = %name, id = %id, "Unmount of a mount ID that is not counted: ignored");
         }
         if rec.mounts.is_empty() {
-            self.stop(name, &runtime).await;
+            self.linger(name, &runtime).await;
         } else {
             tracing::debug!(volume = %name, remaining = rec.mounts.total(), "still in use");
         }
@@ -817,6 +910,15 @@ impl Driver {
 
     fn mountpoint(&self, rec: &VolumeRecord) -> PathBuf {
         self.volumes_dir.join(&rec.dir)
+    }
+
+    /// `effective_options` with the volume's journal directory: what a Mount mounts with.
+    fn mount_options(&self, rec: &VolumeRecord) -> Result<MountOptions, DriverError> {
+        let mut opts = self.effective_options(rec)?;
+        if let Some(wb) = &mut opts.writeback {
+            wb.dir = Some(self.journal_dir(rec)?);
+        }
+        Ok(opts)
     }
 
     /// The options to connect with: re-validated from what the user gave, plus the pinned host
@@ -1058,6 +1160,16 @@ async fn unmount_mounted(
         // connection close when the last holder drops it.
         Err(m) => mount::lazy_unmount(m.mountpoint()),
     }
+}
+
+/// The options without the pins the plugin adds to them: a mount made before its first pin
+/// (the copy-up mount of a fresh volume) is the same as one made after.
+fn without_pins(mut o: MountOptions) -> MountOptions {
+    o.hostkey = None;
+    for hop in &mut o.proxy_jump {
+        hop.hostkey = None;
+    }
+    o
 }
 
 /// `user@host:path` with the login the plugin uses when none is given.

@@ -131,6 +131,8 @@ impl WriteBackRun {
 /// A live mount: the FUSE session plus its SSH connection.
 pub struct Mounted {
     mountpoint: PathBuf,
+    /// What it was mounted with (the driver takes a lingering mount back only for the same).
+    options: MountOptions,
     sftp: Sftp,
     write_behind: WriteBehind,
     /// Becomes true when the FUSE event loop has returned (unmounted, by us or by someone else).
@@ -155,6 +157,25 @@ impl Mounted {
 
     pub fn stats(&self) -> Stats {
         self.sftp.stats()
+    }
+
+    pub fn options(&self) -> &MountOptions {
+        &self.options
+    }
+
+    /// What an unmount gives the write-back replayer to drain (`reconnect_timeout`); `None`
+    /// without write-back.
+    pub fn replay_budget(&self) -> Option<Duration> {
+        self.writeback.as_ref().map(|w| w.budget)
+    }
+
+    /// True if the connection is up and the server answers a stat of the mounted directory
+    /// within `timeout`.
+    pub async fn answers(&self, timeout: Duration) -> bool {
+        self.sftp.stats().state == crate::sftp::LinkState::Connected
+            && tokio::time::timeout(timeout, self.sftp.stat(self.sftp.root()))
+                .await
+                .is_ok_and(|r| r.is_ok())
     }
 
     /// What the write-back replayer did and what the journal holds; `None` without write-back.
@@ -353,6 +374,7 @@ pub async fn mount(opts: &MountOptions, mountpoint: &Path) -> Result<Mounted, Mo
         .map_err(|e| fuse_err(e.to_string()))?;
     Ok(Mounted {
         mountpoint: mountpoint.to_path_buf(),
+        options: opts.clone(),
         sftp,
         write_behind,
         ended,

@@ -425,6 +425,71 @@ fn no_fuse_mount_left_after_last_container() {
 // Plugin settings and lifecycle (exclusive: they disable the plugin)
 
 /// Disable (forced, volumes exist) and enable keep the volumes, their options and data.
+/// Logins the test server accepted so far (one per SSH connection; sshd logs to `docker logs`).
+fn server_logins(ctx: &e2e::Ctx) -> usize {
+    let out = docker(&["logs", ctx.cfg.sshd_container.as_str()]);
+    out.text()
+        .lines()
+        .filter(|l| l.contains("Accepted password for"))
+        .count()
+}
+
+/// The mount outlives the last container for a moment: dockerd's second Mount of a fresh volume
+/// (after copying the image's files up) and a container started right after another take it
+/// back instead of connecting again; a while later nothing is mounted, and `docker volume rm`
+/// right after a container does not wait for it.
+#[test]
+fn the_next_container_takes_the_mount_back() {
+    let Some(ctx) = setup("the_next_container_takes_the_mount_back", Kind::Exclusive) else {
+        return;
+    };
+    let fuse = NewFuseMounts::under(ctx.propagated_mount_root());
+    let (vol, dir) = ctx.password_volume("linger");
+    let before = server_logins(&ctx);
+    ctx.run_ok(vol.as_str(), &[], "echo one > /data/one");
+    ctx.run_ok(vol.as_str(), &[], "cat /data/one && echo two > /data/two");
+    let logins = server_logins(&ctx) - before;
+    assert_eq!(
+        logins, 1,
+        "two containers one after the other on a fresh volume: one SSH login expected"
+    );
+    ctx.assert_server_file(&dir, "two", "two\n");
+    assert!(
+        !fuse.list().is_empty(),
+        "the mount lingers after the last container"
+    );
+
+    fuse.assert_gone_within(
+        Duration::from_secs(20),
+        "the mount is still there well after the last container left",
+    );
+    let state = docker(&["volume", "inspect", "-f", "{{.Status.state}}", vol.as_str()]);
+    assert_eq!(state.stdout.trim(), "idle", "{state:?}");
+    // A later container connects again and sees everything.
+    assert_eq!(
+        ctx.run_ok(vol.as_str(), &[], "cat /data/one /data/two"),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        server_logins(&ctx) - before,
+        2,
+        "a new login once the mount was gone"
+    );
+
+    // Removing the volume right after its container unmounts at once, and deletes nothing.
+    docker(&["volume", "rm", vol.as_str()]).ok("volume rm right after the container");
+    assert!(
+        !volume_listed(vol.as_str()),
+        "volume rm right after the container"
+    );
+    assert!(
+        fuse.list().is_empty(),
+        "no mount left after volume rm: {:?}",
+        fuse.list()
+    );
+    ctx.assert_server_file(&dir, "one", "one\n");
+}
+
 #[test]
 fn disable_enable_keeps_volumes() {
     let Some(ctx) = setup("disable_enable_keeps_volumes", Kind::Exclusive) else {

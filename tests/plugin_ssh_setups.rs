@@ -21,7 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use e2e::{Ctx, Kind, RemoveDir, assert_mentions, docker, setup};
+use e2e::{Ctx, Kind, RemoveDir, assert_mentions, docker, setup, wait_unmounted};
 
 /// A fresh host directory under the test dir, removed on drop: a plugin mount's source.
 fn host_dir(ctx: &Ctx, tag: &str) -> (PathBuf, RemoveDir) {
@@ -147,6 +147,7 @@ fn agent_through_the_sshagent_mount() {
         ctx.assert_server_file(&dir, "a", "agent\n");
         // SIGKILL leaves the socket file behind: nobody answers on it.
         agent.kill();
+        wait_unmounted(vol.as_str());
         let out = ctx
             .run(vol.as_str(), &[], "true")
             .fails("mount with the agent gone");
@@ -164,6 +165,7 @@ fn agent_through_the_sshagent_mount() {
     assert_eq!(ctx.run_ok(vol.as_str(), &[], "cat /data/a"), "agent\n");
     // SIGTERM: ssh-agent removes its socket; the directory holds none.
     agent.terminate();
+    wait_unmounted(vol.as_str());
     let out = ctx
         .run(vol.as_str(), &[], "true")
         .fails("mount with no agent socket");

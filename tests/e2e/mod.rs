@@ -696,6 +696,24 @@ impl Drop for Container {
     }
 }
 
+/// Waits until the volume is no longer mounted: its mount lingers for a moment after the last
+/// container (README, "When the mount goes away"), and a container started meanwhile would take
+/// it back rather than connect afresh.
+#[track_caller]
+pub fn wait_unmounted(vol: &str) {
+    let state = || {
+        docker(&["volume", "inspect", "-f", "{{.Status.state}}", vol])
+            .stdout
+            .trim()
+            .to_string()
+    };
+    if !wait_until(Duration::from_secs(20), || {
+        !["mounted", "reconnecting"].contains(&state().as_str())
+    }) {
+        panic!("volume {vol} still {} after 20 s", state());
+    }
+}
+
 /// FUSE mount points under `root` in this process's mount namespace, in mountinfo order (a mount
 /// that propagated to two peers is listed twice).
 pub fn fuse_mounts_under(root: &Path) -> Vec<PathBuf> {
