@@ -244,10 +244,10 @@ struct MountState {
     watcher: Option<JoinHandle<()>>,
     /// Bumped on every mount/unmount so a late watcher never tears down a newer mount.
     generation: u64,
-    /// While the mount lingers after the last Unmount (`LINGER`): its token and the task that
-    /// unmounts it when the time is over. A timer whose token is no longer here does nothing.
-    lingering: Option<(u64, JoinHandle<()>)>,
-    lingers: u64,
+    /// While the mount lingers after the last Unmount (`LINGER`): the task that unmounts it when
+    /// the time is over. Set and cancelled under the volume's call lock (or at shutdown), which
+    /// the task takes before it looks here, so a timer cancelled by a call never runs.
+    lingering: Option<JoinHandle<()>>,
     mounting: bool,
     failed: bool,
     last_error: Option<(String, String)>,
@@ -293,7 +293,7 @@ impl MountState {
 
     /// Cancels the linger timer, if any (the mount is taken back, or unmounted now).
     fn stop_lingering(&mut self) {
-        if let Some((_, timer)) = self.lingering.take() {
+        if let Some(timer) = self.lingering.take() {
             timer.abort();
         }
     }
@@ -662,26 +662,17 @@ impl Driver {
             return;
         }
         state.stop_lingering();
-        state.lingers += 1;
-        let token = state.lingers;
         let (driver, name, rt) = (self.clone(), name.to_string(), runtime.clone());
         let timer = tokio::spawn(async move {
             tokio::time::sleep(LINGER).await;
             let _guard = rt.calls.lock().await;
-            let mine = {
-                let mut state = rt.mount.lock();
-                let mine = state.lingering.as_ref().is_some_and(|l| l.0 == token);
-                if mine {
-                    // Taken out, not aborted: this task is the timer.
-                    state.lingering = None;
-                }
-                mine
-            };
-            if mine {
+            // Taken out, not aborted (this task is the timer); gone if the mount went meanwhile.
+            let timer = rt.mount.lock().lingering.take();
+            if timer.is_some() {
                 driver.stop(&name, &rt).await;
             }
         });
-        state.lingering = Some((token, timer));
+        state.lingering = Some(timer);
     }
 
     /// Uncounts the mount; after the last one the mount lingers (`LINGER`), then is unmounted

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use e2e::{
     DOCKER_TIMEOUT, DockerdLog, Kind, NewFuseMounts, Out, assert_all, assert_mentions,
-    assert_not_mentions, docker, run_cmd_env, setup, volume_listed, wait_until,
+    assert_not_mentions, docker, run_cmd_env, setup, volume_listed, volume_state, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -421,10 +421,6 @@ fn no_fuse_mount_left_after_last_container() {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Plugin settings and lifecycle (exclusive: they disable the plugin)
-
-/// Disable (forced, volumes exist) and enable keep the volumes, their options and data.
 /// Logins the test server accepted so far (one per SSH connection; sshd logs to `docker logs`).
 fn server_logins(ctx: &e2e::Ctx) -> usize {
     let out = docker(&["logs", ctx.cfg.sshd_container.as_str()]);
@@ -463,8 +459,7 @@ fn the_next_container_takes_the_mount_back() {
         Duration::from_secs(20),
         "the mount is still there well after the last container left",
     );
-    let state = docker(&["volume", "inspect", "-f", "{{.Status.state}}", vol.as_str()]);
-    assert_eq!(state.stdout.trim(), "idle", "{state:?}");
+    assert_eq!(volume_state(vol.as_str()), "idle");
     // A later container connects again and sees everything.
     assert_eq!(
         ctx.run_ok(vol.as_str(), &[], "cat /data/one /data/two"),
@@ -490,6 +485,10 @@ fn the_next_container_takes_the_mount_back() {
     ctx.assert_server_file(&dir, "one", "one\n");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Plugin settings and lifecycle (exclusive: they disable the plugin)
+
+/// Disable (forced, volumes exist) and enable keep the volumes, their options and data.
 #[test]
 fn disable_enable_keeps_volumes() {
     let Some(ctx) = setup("disable_enable_keeps_volumes", Kind::Exclusive) else {

@@ -701,17 +701,19 @@ impl Drop for Container {
 /// it back rather than connect afresh.
 #[track_caller]
 pub fn wait_unmounted(vol: &str) {
-    let state = || {
-        docker(&["volume", "inspect", "-f", "{{.Status.state}}", vol])
-            .stdout
-            .trim()
-            .to_string()
-    };
     if !wait_until(Duration::from_secs(20), || {
-        !["mounted", "reconnecting"].contains(&state().as_str())
+        !["mounted", "reconnecting"].contains(&volume_state(vol).as_str())
     }) {
-        panic!("volume {vol} still {} after 20 s", state());
+        panic!("volume {vol} still {} after 20 s", volume_state(vol));
     }
+}
+
+/// The volume's Status `state` (`idle`, `mounted`, ...), as `docker volume inspect` shows it.
+pub fn volume_state(vol: &str) -> String {
+    docker(&["volume", "inspect", "-f", "{{.Status.state}}", vol])
+        .stdout
+        .trim()
+        .to_string()
 }
 
 /// FUSE mount points under `root` in this process's mount namespace, in mountinfo order (a mount
