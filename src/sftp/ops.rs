@@ -14,9 +14,13 @@ use super::error::{Error, RawResult};
 use super::{Resent, Sftp};
 use crate::ssh::ConnectError;
 
-/// READDIRs sent at once: OpenSSH answers each with the next batch of up to 100 names, or EOF,
-/// so a directory of up to 300 names is read in one round trip after the OPENDIR.
-const READDIR_PIPELINE: usize = 4;
+/// READDIRs sent at once at first: OpenSSH answers each with the next batch of up to 100 names,
+/// or EOF, so a directory of up to 100 names (most) is read in one round trip after the OPENDIR
+/// with no request past its EOF (each costs the server a readdir and us a packet each way).
+const READDIR_FIRST: usize = 2;
+/// Then each round sends twice as many, up to this: a big directory takes few round trips
+/// (100,000 names: 35 instead of 251 at 4 a time) and wastes at most this many less one.
+const READDIR_PIPELINE_MAX: usize = 32;
 
 /// One entry of a directory listing, with the attributes the server sent alongside.
 #[derive(Debug, Clone)]
@@ -140,19 +144,20 @@ impl Sftp {
     }
 
     /// The whole listing (without `.` and `..`), in server order: OPENDIR, then READDIRs
-    /// pipelined `READDIR_PIPELINE` at a time; the CLOSE is not waited for.
+    /// pipelined (`READDIR_FIRST`, then twice as many each round); the CLOSE is not waited for.
     pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
         self.retry(|conn| async move {
             let (channel, permit) = conn.permit(Use::Listing).await?;
             let handle = channel.guard(channel.raw.opendir(path)).await?.handle;
             let mut entries = Vec::new();
+            let mut depth = READDIR_FIRST;
             let result = 'listing: loop {
                 // join_all polls in order, so the requests go out (and are answered) in order.
                 let batch = futures::future::join_all(
-                    (0..READDIR_PIPELINE)
-                        .map(|_| channel.guard(channel.raw.readdir(handle.as_str()))),
+                    (0..depth).map(|_| channel.guard(channel.raw.readdir(handle.as_str()))),
                 )
                 .await;
+                depth = (depth * 2).min(READDIR_PIPELINE_MAX);
                 for r in batch {
                     match r {
                         Ok(name) => entries.extend(
