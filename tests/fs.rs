@@ -1212,6 +1212,30 @@ fn missing_remote_path_is_named() {
     );
 }
 
+/// A remote path that is a file, not a directory, fails the mount and says so (the stat goes
+/// out with the realpath: its answer must still be looked at).
+#[test]
+fn remote_path_that_is_a_file_fails_clearly() {
+    let sshd = Sshd::start();
+    let file = sshd.data.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let f = mount_expect_failure(
+        &["-p", &sshd.port.to_string(), "-o", &sshd.key_options()],
+        &format!("root@127.0.0.1:{}", file.display()),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        !f.status.success() && !f.mounted,
+        "a file as the remote path must not mount"
+    );
+    assert!(
+        f.stderr.contains(&file.display().to_string()) && f.stderr.contains("is not a directory"),
+        "the message must name the path and say it is not a directory: {}",
+        f.stderr
+    );
+}
+
 #[test]
 fn unknown_option_lists_supported_ones() {
     let f = mount_expect_failure(

@@ -141,10 +141,11 @@ impl Sftp {
     /// Fails with a message that says what to fix (wrong password, unknown host key, ...).
     pub async fn connect(opts: &MountOptions) -> Result<Sftp, ConnectError> {
         let traffic = Arc::new(Traffic::default());
-        let (conn, features) = establish(opts, 1, traffic.clone()).await?;
+        let (conn, features, root) =
+            establish(opts, 1, traffic.clone(), Some(&opts.remote.path)).await?;
+        let root = root.expect("establish resolves the root it is given");
         let fingerprint = conn.ssh.host_key_fingerprint().to_string();
         let jump_keys = conn.ssh.jump_host_keys();
-        let root = ops::resolve_root(&conn, &opts.remote.path).await?;
 
         let mut reconnect_opts = opts.clone();
         if opts.strict_host_key_checking != StrictHostKeyChecking::No {

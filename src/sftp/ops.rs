@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
+use russh_sftp::client::RawSftpSession;
 use russh_sftp::extensions::Statvfs;
 use russh_sftp::protocol::{FileAttributes, Packet, StatusCode};
 
-use super::channel::{Conn, Use};
+use super::channel::Use;
 use super::error::{Error, RawResult};
 use super::{Resent, Sftp};
 use crate::ssh::ConnectError;
@@ -361,12 +362,9 @@ fn same_file(a: &FileAttributes, b: &FileAttributes) -> bool {
             == (b.permissions, b.size, b.mtime, b.uid, b.gid)
 }
 
-/// `realpath` of the configured path, which must be a directory.
-pub(super) async fn resolve_root(conn: &Conn, path: &str) -> Result<String, ConnectError> {
-    let channel = conn
-        .channel()
-        .await
-        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+/// `realpath` of the configured path, which must be a directory. The stat goes out with the
+/// realpath (of the path as given: the same directory), so both cost one round trip.
+pub(super) async fn resolve_root(raw: &RawSftpSession, path: &str) -> Result<String, ConnectError> {
     let shown = if path.is_empty() { "~" } else { path };
     let remote_err = |reason: String| ConnectError::RemotePath {
         path: shown.to_string(),
@@ -381,23 +379,15 @@ pub(super) async fn resolve_root(conn: &Conn, path: &str) -> Result<String, Conn
         other => format!("cannot be checked ({other})"),
     };
     let target = if path.is_empty() { "." } else { path };
-    let name = channel
-        .raw
-        .realpath(target)
-        .await
-        .map_err(|e| remote_err(describe(e)))?;
+    let (name, attrs) = tokio::join!(raw.realpath(target), raw.stat(target));
     let root = name
+        .map_err(|e| remote_err(describe(e)))?
         .files
         .into_iter()
         .next()
         .map(|f| f.filename)
         .ok_or_else(|| remote_err("cannot be resolved".into()))?;
-    let attrs = channel
-        .raw
-        .stat(root.as_str())
-        .await
-        .map_err(|e| remote_err(describe(e)))?
-        .attrs;
+    let attrs = attrs.map_err(|e| remote_err(describe(e)))?.attrs;
     if !attrs.is_dir() {
         return Err(remote_err("is not a directory".into()));
     }

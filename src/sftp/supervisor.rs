@@ -54,12 +54,14 @@ pub(super) struct Features {
     pub(super) write_len: usize,
 }
 
-/// Opens the connection and its first SFTP channel.
+/// Opens the connection and its first SFTP channel. With `root` (the first connect), also
+/// resolves the mount's directory (`ops::resolve_root`), in the same round trip as the limits.
 pub(super) async fn establish(
     opts: &MountOptions,
     generation: u64,
     traffic: Arc<Traffic>,
-) -> Result<(Conn, Features), ConnectError> {
+    root: Option<&str>,
+) -> Result<(Conn, Features, Option<String>), ConnectError> {
     let ssh = ssh::connect(opts).await?;
     let (raw, extensions) = ssh
         .open_sftp(REQUEST_TIMEOUT)
@@ -71,11 +73,21 @@ pub(super) async fn establish(
     }
     let lsetstat = extensions.contains_key(super::ops::LSETSTAT);
     // Only asked when announced: a server that does not know the request may not answer it.
-    let limits = if extensions.contains_key("limits@openssh.com") {
-        raw.limits().await.ok()
-    } else {
-        None
+    let limits = async {
+        if extensions.contains_key("limits@openssh.com") {
+            raw.limits().await.ok()
+        } else {
+            None
+        }
     };
+    let resolved = async {
+        match root {
+            Some(path) => super::ops::resolve_root(&raw, path).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (limits, resolved) = tokio::join!(limits, resolved);
+    let root = resolved?;
     let features = Features {
         posix_rename,
         lsetstat,
@@ -92,6 +104,7 @@ pub(super) async fn establish(
     Ok((
         Conn::new(generation, ssh, raw, opts.reconnect_timeout, traffic),
         features,
+        root,
     ))
 }
 
@@ -150,12 +163,12 @@ pub(super) async fn supervise(remote: Weak<Remote>) {
             let opts = strong.opts.clone();
             let traffic = strong.traffic.clone();
             drop(strong);
-            let result = establish(&opts, generation, traffic).await;
+            let result = establish(&opts, generation, traffic, None).await;
             let Some(strong) = remote.upgrade() else {
                 return;
             };
             match result {
-                Ok((conn, features)) => {
+                Ok((conn, features, _)) => {
                     // The same server, possibly upgraded: packet sizes follow it.
                     strong.read_len.store(features.read_len, Ordering::Relaxed);
                     strong
