@@ -74,7 +74,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 W=$(mktemp -d /tmp/sshfs-bench.XXXXXX)
 chmod 0755 "$W"
 PIDS=()     # background processes of ours (sshd, proxies, sshfs, rclone): killed on exit
-VOLS=()     # docker volumes created
+VOLS=()     # docker volumes created and not yet removed (see rmvol)
 SSHFS_MNTS=()
 RCLONE_PID=
 PLUGIN_INSTALLED=0
@@ -105,6 +105,15 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
+# rmvol NAME: removes a volume this run made and forgets it. The cleanup must not remove it a
+# second time: dockerd asks every volume driver it has seen about an unknown name, and retries a
+# vanished one's socket (an earlier run's rclone) for about 15 s each time.
+rmvol() {
+    local v keep=()
+    docker volume rm -f "$1" >/dev/null 2>&1 || return 1
+    for v in "${VOLS[@]}"; do [[ $v == "$1" ]] || keep+=("$v"); done
+    VOLS=("${keep[@]}")
+}
 trap 'exit 130' INT TERM
 
 # ---- build: latency-proxy, the images, the plugin bundle ----
@@ -173,14 +182,17 @@ fi
 # ---- test data, in $W/in (bind-mounted read-only at /in in every container) ----
 log "generating a ${SIZE_MB} MiB file, a ${FILES}-file tree and a ${GIT_FILES}-file git repository"
 dd if=/dev/urandom of="$W/in/big.bin" bs=1M count="$SIZE_MB" status=none
-# make_tree DIR N: N files of 0-16 KiB in 40 x 5 directories (as benches/run.sh).
+# make_tree DIR N: N files of 0-16 KiB, 10 to a directory: up to 40 x 5 directories (the
+# 2,000-file tree of benches/run.sh), fewer for a smaller tree, whose per-file figures would
+# otherwise be mostly the directories' (200 files in 240 directories).
 make_tree() {
     python3 - "$1" "$2" <<'EOF'
 import os, random, sys
 root, n = sys.argv[1], int(sys.argv[2])
 r = random.Random(7)
+tops = max(1, min(40, n // 50))
 for i in range(n):
-    d = os.path.join(root, f"dir{i % 40:02d}", f"sub{(i // 40) % 5}")
+    d = os.path.join(root, f"dir{i % tops:02d}", f"sub{(i // tops) % 5}")
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, f"file{i:05d}.txt"), "wb") as f:
         f.write(r.randbytes(r.randrange(0, 16384)))
@@ -430,7 +442,7 @@ run_peer() {
         umount -l "$src" 2>/dev/null || true
         kill "$SSHFS_PID" 2>/dev/null || true
     else
-        docker volume rm -f "$vol" >/dev/null 2>&1 || log "    could not remove volume $vol"
+        rmvol "$vol" || log "    could not remove volume $vol"
     fi
     # The trees stay on the server until the end (deleting them through a slow peer costs minutes).
 }
@@ -618,7 +630,7 @@ if [[ $SCALE == 1 ]]; then
         "  plugin with $((SCALE_VOLUMES - 1)) mounted: $mid"
         "  plugin with $SCALE_VOLUMES mounted: $all"
     )
-    for i in $(seq "$SCALE_VOLUMES"); do docker volume rm -f "$TAG-s$i" >/dev/null 2>&1 || true; done
+    for i in $(seq "$SCALE_VOLUMES"); do rmvol "$TAG-s$i" || true; done
     rm -rf "$W"/data/scale-*
 
     # B. A directory of $SCALE_ENTRIES entries: ls -l, ours vs sshfs, peak RSS sampled.
@@ -665,7 +677,7 @@ EOF
     SCALE_LINES+=("A directory of $SCALE_ENTRIES entries (busybox ls -l in a container, first listing; RSS sampled every 50 ms):")
     mkvol "$TAG-bigdir" "$W/data/bigdir"
     ls_entries ours "$TAG-bigdir" "$PLUGIN_PID"
-    docker volume rm -f "$TAG-bigdir" >/dev/null 2>&1 || true
+    rmvol "$TAG-bigdir" || true
     mkdir -p "$W/mnt/bigdir"
     sshfs -f -p "$SSHD_PORT" -o "IdentityFile=$W/keys/id_ed25519,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,allow_other" \
         "root@127.0.0.1:$W/data/bigdir" "$W/mnt/bigdir" 2>"$W/sshfs-bigdir.log" &
@@ -703,7 +715,7 @@ EOF
             SCALE_LINES+=("$SCALE_GIB GiB ${key#huge}: ${t:-FAIL}; plugin RSS (KiB, sampled each second): $(sort -n "$W/rss-$key" | awk 'NR == 1 { lo = $1 } { hi = $1; s += $1; n++ } END { if (n) printf "min %d, mean %d, max %d over %d samples", lo, s / n, hi, n }'); first/last $(head -1 "$W/rss-$key")/$(tail -1 "$W/rss-$key")")
         done
         docker rm -f "$TAG-huge" >/dev/null 2>&1 || true
-        docker volume rm -f "$TAG-huge" >/dev/null 2>&1 || true
+        rmvol "$TAG-huge" || true
         rm -rf "$W/data/huge"
     fi
 fi
