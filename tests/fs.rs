@@ -1185,20 +1185,28 @@ fn connection_refused_names_the_port() {
     );
 }
 
-#[test]
-fn missing_remote_path_is_named() {
-    let sshd = Sshd::start();
-    let missing = sshd.data.join("no/such/dir");
+/// Mounts `path` of the server, which must fail without mounting.
+fn mount_remote_path_expect_failure(sshd: &Sshd, path: &Path) -> Failed {
     let f = mount_expect_failure(
         &["-p", &sshd.port.to_string(), "-o", &sshd.key_options()],
-        &format!("root@127.0.0.1:{}", missing.display()),
+        &format!("root@127.0.0.1:{}", path.display()),
         None,
         Duration::from_secs(60),
     );
     assert!(
         !f.status.success() && !f.mounted,
-        "a missing remote path must not mount"
+        "{} must not mount: {}",
+        path.display(),
+        f.stderr
     );
+    f
+}
+
+#[test]
+fn missing_remote_path_is_named() {
+    let sshd = Sshd::start();
+    let missing = sshd.data.join("no/such/dir");
+    let f = mount_remote_path_expect_failure(&sshd, &missing);
     assert!(
         f.stderr.contains(&missing.display().to_string()),
         "the message must name the path: {}",
@@ -1219,16 +1227,7 @@ fn remote_path_that_is_a_file_fails_clearly() {
     let sshd = Sshd::start();
     let file = sshd.data.join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let f = mount_expect_failure(
-        &["-p", &sshd.port.to_string(), "-o", &sshd.key_options()],
-        &format!("root@127.0.0.1:{}", file.display()),
-        None,
-        Duration::from_secs(60),
-    );
-    assert!(
-        !f.status.success() && !f.mounted,
-        "a file as the remote path must not mount"
-    );
+    let f = mount_remote_path_expect_failure(&sshd, &file);
     assert!(
         f.stderr.contains(&file.display().to_string()) && f.stderr.contains("is not a directory"),
         "the message must name the path and say it is not a directory: {}",
