@@ -41,7 +41,7 @@ use crate::options::{MountOptions, StrictHostKeyChecking};
 use crate::ssh::ConnectError;
 use channel::{Channel, Conn, Traffic};
 use error::{RawResult, from_raw, may_have_reached, transport_error};
-use supervisor::{ConnState, establish, supervise};
+use supervisor::{ConnState, establish_at_root, supervise};
 
 /// A single request that gets no answer for this long is treated as a dead link.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -141,9 +141,7 @@ impl Sftp {
     /// Fails with a message that says what to fix (wrong password, unknown host key, ...).
     pub async fn connect(opts: &MountOptions) -> Result<Sftp, ConnectError> {
         let traffic = Arc::new(Traffic::default());
-        let (conn, features, root) =
-            establish(opts, 1, traffic.clone(), Some(&opts.remote.path)).await?;
-        let root = root.expect("establish resolves the root it is given");
+        let (conn, features, root) = establish_at_root(opts, traffic.clone()).await?;
         let fingerprint = conn.ssh.host_key_fingerprint().to_string();
         let jump_keys = conn.ssh.jump_host_keys();
 

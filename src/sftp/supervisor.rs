@@ -3,9 +3,12 @@
 //! (or one whose channels keep dying, see `channel`), with backoff, until the volume is
 //! unmounted.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use russh_sftp::client::RawSftpSession;
 
 use super::channel::{Conn, Traffic};
 use super::{REQUEST_TIMEOUT, Remote};
@@ -54,40 +57,58 @@ pub(super) struct Features {
     pub(super) write_len: usize,
 }
 
-/// Opens the connection and its first SFTP channel. With `root` (the first connect), also
-/// resolves the mount's directory (`ops::resolve_root`), in the same round trip as the limits.
+/// Opens the connection and its first SFTP channel (a reconnect: the root is known).
 pub(super) async fn establish(
     opts: &MountOptions,
     generation: u64,
     traffic: Arc<Traffic>,
-    root: Option<&str>,
-) -> Result<(Conn, Features, Option<String>), ConnectError> {
+) -> Result<(Conn, Features), ConnectError> {
+    let (ssh, raw, extensions) = open_first_channel(opts).await?;
+    let features = features(&raw, &extensions).await;
+    let conn = Conn::new(generation, ssh, raw, opts.reconnect_timeout, traffic);
+    Ok((conn, features))
+}
+
+/// The first connect: `establish`, and the mount's directory resolved (`ops::resolve_root`)
+/// in the same round trip as the limits.
+pub(super) async fn establish_at_root(
+    opts: &MountOptions,
+    traffic: Arc<Traffic>,
+) -> Result<(Conn, Features, String), ConnectError> {
+    let (ssh, raw, extensions) = open_first_channel(opts).await?;
+    let (features, root) = tokio::join!(
+        features(&raw, &extensions),
+        super::ops::resolve_root(&raw, &opts.remote.path)
+    );
+    let root = root?;
+    let conn = Conn::new(1, ssh, raw, opts.reconnect_timeout, traffic);
+    Ok((conn, features, root))
+}
+
+async fn open_first_channel(
+    opts: &MountOptions,
+) -> Result<(ssh::Connection, RawSftpSession, HashMap<String, String>), ConnectError> {
     let ssh = ssh::connect(opts).await?;
     let (raw, extensions) = ssh
         .open_sftp(REQUEST_TIMEOUT)
         .await
         .map_err(ConnectError::Protocol)?;
+    Ok((ssh, raw, extensions))
+}
+
+/// What the server supports: its version packet's extensions, and its limits, asked for.
+async fn features(raw: &RawSftpSession, extensions: &HashMap<String, String>) -> Features {
     let posix_rename = extensions.contains_key("posix-rename@openssh.com");
     if !posix_rename {
         tracing::warn!("server lacks posix-rename@openssh.com; rename over a file may fail");
     }
     let lsetstat = extensions.contains_key(super::ops::LSETSTAT);
     // Only asked when announced: a server that does not know the request may not answer it.
-    let limits = async {
-        if extensions.contains_key("limits@openssh.com") {
-            raw.limits().await.ok()
-        } else {
-            None
-        }
+    let limits = if extensions.contains_key("limits@openssh.com") {
+        raw.limits().await.ok()
+    } else {
+        None
     };
-    let resolved = async {
-        match root {
-            Some(path) => super::ops::resolve_root(&raw, path).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let (limits, resolved) = tokio::join!(limits, resolved);
-    let root = resolved?;
     let features = Features {
         posix_rename,
         lsetstat,
@@ -101,11 +122,7 @@ pub(super) async fn establish(
         write_len = features.write_len,
         "sftp-server features"
     );
-    Ok((
-        Conn::new(generation, ssh, raw, opts.reconnect_timeout, traffic),
-        features,
-        root,
-    ))
+    features
 }
 
 /// Watches the connection and replaces it when it dies, with backoff, until unmounted.
@@ -163,12 +180,12 @@ pub(super) async fn supervise(remote: Weak<Remote>) {
             let opts = strong.opts.clone();
             let traffic = strong.traffic.clone();
             drop(strong);
-            let result = establish(&opts, generation, traffic, None).await;
+            let result = establish(&opts, generation, traffic).await;
             let Some(strong) = remote.upgrade() else {
                 return;
             };
             match result {
-                Ok((conn, features, _)) => {
+                Ok((conn, features)) => {
                     // The same server, possibly upgraded: packet sizes follow it.
                     strong.read_len.store(features.read_len, Ordering::Relaxed);
                     strong
