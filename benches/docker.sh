@@ -275,10 +275,20 @@ add_row() {
 }
 
 # peer_ticks PEER: CPU ticks so far of the client processes that serve PEER.
+# sshfs_ssh PORT: the ssh that the sshfs on PORT started. sshfs forks twice to start it, so it
+# is not sshfs's child (pgrep -P misses it) and its CPU and memory must be added by hand.
+sshfs_ssh() {
+    local pid
+    for _ in $(seq 50); do
+        pid=$(pgrep -n -f -- "^ssh .*-oPort=$1 .* sftp\$") && { echo "$pid"; return 0; }
+        sleep 0.1
+    done
+    log "cannot find the ssh of the sshfs on port $1: its CPU and RSS are left out"
+}
 peer_ticks() {
     case $1 in
         ours | ours-wb) ticks "$PLUGIN_PID" ;;
-        sshfs) ticks "$SSHFS_PID" ;;
+        sshfs) ticks "$SSHFS_PID" "$SSHFS_SSH_PID" ;;
         rclone*) ticks "$RCLONE_PID" ;;
     esac
 }
@@ -418,7 +428,8 @@ run_peer() {
                     ls "$src" >/dev/null 2>&1; then ok=1; break; fi
                 sleep 0.05
             done
-            [[ $ok == 1 ]] || { RES["$rtt|mount|$peer"]="FAIL (sshfs: $(head -c 60 "$W/$name.log"))"; return 0; } ;;
+            [[ $ok == 1 ]] || { RES["$rtt|mount|$peer"]="FAIL (sshfs: $(head -c 60 "$W/$name.log"))"; return 0; }
+            SSHFS_SSH_PID=$(sshfs_ssh "$port") ;;
     esac
     local c0
     c0=$(peer_ticks "$peer")
@@ -686,7 +697,7 @@ EOF
     SSHFS_MNTS+=("$W/mnt/bigdir")
     for _ in $(seq 200); do ls "$W/mnt/bigdir" >/dev/null 2>&1 && break; sleep 0.05; done
     sleep 0.5
-    ls_entries sshfs "$W/mnt/bigdir" "$spid" $(pgrep -P "$spid")
+    ls_entries sshfs "$W/mnt/bigdir" "$spid" $(sshfs_ssh "$SSHD_PORT")
     umount -l "$W/mnt/bigdir" 2>/dev/null || true
     kill "$spid" 2>/dev/null || true
     rm -rf "$W/data/bigdir"
