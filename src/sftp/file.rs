@@ -170,12 +170,15 @@ impl File {
     ) -> Result<(), Error> {
         let send = |h: OpenHandle| async move {
             h.channel
-                .guard(h.channel.raw.write(h.handle.as_str(), at, chunk.to_vec()))
+                .raw
+                .write(h.handle.as_str(), at, chunk.to_vec())
                 .await
                 .map(drop)
         };
         if let Some(h) = stripe {
-            match send(h).await {
+            // `call` guards (and counts) the main handle's requests; a stripe's is guarded here.
+            let channel = h.channel.clone();
+            match channel.guard(send(h)).await {
                 Ok(()) => return Ok(()),
                 Err(e) if transport_error(&e) => self.sftp.remote.trouble.notify_one(),
                 Err(e) => return Err(from_raw(e)),
