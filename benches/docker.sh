@@ -307,7 +307,7 @@ check_remote() {
             n=$(find "$d" -type f 2>/dev/null | wc -l)
             [[ $n == "$FILES" ]] || { echo "$n of $FILES files on the server"; return 1; } ;;
         bbrm)
-            [[ ! -e $r/tree ]] || { echo "$(find "$r/tree" -type f | wc -l) files left on the server"; return 1; } ;;
+            [[ ! -e $r/tree ]] || { echo "$(find "$r/tree" -type f 2>/dev/null | wc -l) files left on the server"; return 1; } ;;
         git)
             n=$(find "$r/gitco" -path "$r/gitco/.git" -prune -o -type f -print 2>/dev/null | wc -l)
             [[ $n == "$GIT_FILES" ]] || { echo "$n of $GIT_FILES files on the server"; return 1; } ;;
