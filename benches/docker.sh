@@ -274,7 +274,6 @@ add_row() {
     ROWS+=("$1")
 }
 
-# peer_ticks PEER: CPU ticks so far of the client processes that serve PEER.
 # sshfs_ssh PORT: the ssh that the sshfs on PORT started. sshfs forks twice to start it, so it
 # is not sshfs's child (pgrep -P misses it) and its CPU and memory must be added by hand.
 sshfs_ssh() {
@@ -285,6 +284,7 @@ sshfs_ssh() {
     done
     log "cannot find the ssh of the sshfs on port $1: its CPU and RSS are left out"
 }
+# peer_ticks PEER: CPU ticks so far of the client processes that serve PEER.
 peer_ticks() {
     case $1 in
         ours | ours-wb) ticks "$PLUGIN_PID" ;;

@@ -100,6 +100,7 @@ fn init_logging() {
 /// as much CPU again per GiB written).
 const MMAP_THRESHOLD: i32 = 4 * 1024 * 1024;
 
+/// Fixes malloc's mmap threshold at `MMAP_THRESHOLD` (why: see there).
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes a malloc tunable; called from main before the runtime or any
